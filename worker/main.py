@@ -1,0 +1,103 @@
+"""Worker process entry point: one capsule, one Extism plugin, one connection to the broker.
+
+Started by the supervisor in a forked child (``astrid_core.launch.WORKER_ENTRY``). Reports its
+progress on the status pipe and exits with an :class:`~astrid_core.launch.ExitCode` that tells
+the supervisor whether a restart can help.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import extism
+from setproctitle import setproctitle
+
+from astrid_core.launch import Event, ExitCode, StatusEvent, WorkerLaunch
+from astrid_core.manifest import ManifestError, load_manifest
+from astrid_core.wire import HelloInfo
+from worker.channel import BrokerChannel, BrokerLost, HelloRejected, ShutdownRequested
+from worker.host import HostBridge
+from worker.runtime import CALL_TIMEOUT_MS, CapsuleRuntime
+from worker.wasm import exports_run
+
+log = logging.getLogger("astrid.worker")
+
+
+class _Status:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, event: StatusEvent) -> None:
+        try:
+            os.write(self.fd, event.encode())
+        except OSError:
+            pass  # the supervisor is gone; the parent-death signal ends us shortly
+
+
+def _exit(status: _Status, code: ExitCode, event: StatusEvent | None = None) -> NoReturn:
+    if event is not None:
+        status.send(event)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(code))
+
+
+def run(launch: WorkerLaunch) -> NoReturn:
+    setproctitle(f"astrid-worker: {launch.capsule}")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    status = _Status(launch.status_fd)
+
+    def fatal(reason: str) -> NoReturn:
+        log.error("%s", reason)
+        _exit(status, ExitCode.CONFIG, StatusEvent(Event.FAILED, reason, fatal=True))
+
+    capsule_dir = Path(launch.capsule_dir)
+    try:
+        manifest = load_manifest(capsule_dir / "Capsule.toml")
+        wasm = manifest.component_path(capsule_dir).read_bytes()
+    except ManifestError as exc:
+        fatal(str(exc))
+    except OSError as exc:
+        fatal(f"cannot read the capsule's wasm: {exc}")
+
+    has_run = exports_run(wasm)
+    info = HelloInfo(launch.capsule, launch.capsule_dir, launch.generation, os.getpid(), has_run)
+    channel = BrokerChannel(launch.broker_endpoint, info, launch.secret)
+    try:
+        channel.hello()
+    except HelloRejected as exc:
+        fatal(f"the broker refused this capsule: {exc}")
+    except BrokerLost as exc:
+        _exit(status, ExitCode.TEMPFAIL, StatusEvent(Event.FAILED, str(exc)))
+
+    bridge = HostBridge(channel, on_ready=lambda: status.send(StatusEvent(Event.READY)))
+    timeout_ms = None if has_run or manifest.is_daemon else CALL_TIMEOUT_MS
+    try:
+        runtime = CapsuleRuntime(wasm, bridge, timeout_ms)
+    except extism.Error as exc:
+        fatal(f"cannot load the capsule's wasm: {exc}")
+    if runtime.exports("run") != has_run:
+        fatal("the wasm export pre-scan disagrees with the runtime about `run`")
+
+    status.send(StatusEvent(Event.LOADED, has_run=has_run))
+    try:
+        if has_run:
+            outcome = runtime.invoke("run", b"")
+            reason = "run returned" if outcome.ok else f"trap: {outcome.payload!s}"
+            if channel.shutdown_reason is not None:
+                _exit(status, ExitCode.OK, StatusEvent(Event.STOPPING, channel.shutdown_reason))
+            log.error("run loop ended: %s", reason)
+            _exit(status, ExitCode.TRAP, StatusEvent(Event.STOPPING, reason))
+        status.send(StatusEvent(Event.READY))
+        while True:
+            invocation = channel.next_invocation()
+            outcome = runtime.invoke(invocation.export, invocation.input)
+            channel.answer(invocation.seq, outcome.ok, outcome.payload)
+    except ShutdownRequested as exc:
+        _exit(status, ExitCode.OK, StatusEvent(Event.STOPPING, f"shutdown: {exc}"))
+    except BrokerLost as exc:
+        _exit(status, ExitCode.TEMPFAIL, StatusEvent(Event.STOPPING, str(exc)))
