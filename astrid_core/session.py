@@ -485,7 +485,7 @@ async def write_frame(
 # Handshake
 
 
-class HandshakeRejected(Exception):  # noqa: N818 (the name states the outcome, not a fault)
+class HandshakeRejected(Exception):
     """The daemon answered the handshake with ``status == "error"``."""
 
     def __init__(self, response: HandshakeResponse) -> None:

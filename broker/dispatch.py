@@ -14,7 +14,7 @@ from typing import Any
 from astrid_core.syscalls import SYSCALLS, Syscall
 from broker.errors import SyscallError
 
-Handler = Callable[..., bytes | None | Awaitable[bytes | None]]
+Handler = Callable[..., bytes | Awaitable[bytes | None] | None]
 
 
 def _not_implemented(syscall: Syscall) -> Handler:

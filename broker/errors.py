@@ -21,7 +21,10 @@ def guard(data: bytes, limit: int) -> bytes:
 
 
 def lossy_or_empty(data: bytes) -> str:
-    """Decode UTF-8; invalid UTF-8 becomes the empty string (``from_utf8(..).unwrap_or_default()``)."""
+    """Decode UTF-8; invalid UTF-8 becomes the empty string.
+
+    (The reference's ``from_utf8(..).unwrap_or_default()``.)
+    """
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

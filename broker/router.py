@@ -83,7 +83,9 @@ class WorkerRouter:
                 log.error("receive failed: %s", exc)
                 return
             if len(frames) != 2:
-                log.warning("dropped a %d-part message (expected identity + one frame)", len(frames))
+                log.warning(
+                    "dropped a %d-part message (expected identity + one frame)", len(frames)
+                )
                 continue
             self._handle(frames[0], frames[1])
         self._schedule_drain()
@@ -121,7 +123,9 @@ class WorkerRouter:
                 log.info("call %s from an unauthenticated peer refused", frame.syscall.name)
                 self.send(
                     identity,
-                    wire.encode_reply(frame.seq, Status.REAUTH, "not authenticated: send hello first"),
+                    wire.encode_reply(
+                        frame.seq, Status.REAUTH, "not authenticated: send hello first"
+                    ),
                 )
                 return
             self._call(session, frame)
@@ -224,7 +228,9 @@ class WorkerRouter:
             pidfd = os.pidfd_open(info.pid)
         except OSError:
             raise HelloRefused(f"no process with pid {info.pid}") from None
-        gate = CapabilityGate(info.capsule, manifest.capabilities, kernel.workspace, kernel.global_root())
+        gate = CapabilityGate(
+            info.capsule, manifest.capabilities, kernel.workspace, kernel.global_root()
+        )
         session = CapsuleSession(
             kernel=kernel,
             identity=identity,
@@ -286,7 +292,12 @@ class WorkerRouter:
             session.current = invocation
             self._send_later(
                 session.identity,
-                wire.encode_invoke(invocation.seq, invocation.export, invocation.data, {"caller": invocation.caller}),
+                wire.encode_invoke(
+                    invocation.seq,
+                    invocation.export,
+                    invocation.data,
+                    {"caller": invocation.caller},
+                ),
             )
 
     def _answer(self, session: CapsuleSession, answer: Answer) -> None:

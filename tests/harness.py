@@ -54,7 +54,9 @@ class Child:
         """Collect status events until ``timeout`` passes without a new one or the pipe ends."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.status_fd], [], [], max(0.0, deadline - time.monotonic()))
+            ready, _, _ = select.select(
+                [self.status_fd], [], [], max(0.0, deadline - time.monotonic())
+            )
             if not ready:
                 break
             chunk = os.read(self.status_fd, 65536)
@@ -136,7 +138,9 @@ class Runtime:
         self.broker.wait_for(Event.READY)
         return self.broker
 
-    def start_worker(self, capsule_dir: Path, name: str | None = None, wait: Event | None = Event.READY) -> Child:
+    def start_worker(
+        self, capsule_dir: Path, name: str | None = None, wait: Event | None = Event.READY
+    ) -> Child:
         name = name or capsule_dir.name
         generation = self.generations.get(name, 0) + 1
         self.generations[name] = generation
@@ -187,7 +191,9 @@ class Client:
 
     def call_tool(self, capsule: str, tool: str, arguments: Any, timeout: float = 30.0) -> str:
         result = self.request(
-            rpc.Method.TOOL_CALL, {"capsule": capsule, "tool": tool, "arguments": arguments}, timeout
+            rpc.Method.TOOL_CALL,
+            {"capsule": capsule, "tool": tool, "arguments": arguments},
+            timeout,
         )
         return str(result["output"])
 

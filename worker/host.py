@@ -106,8 +106,12 @@ class HostBridge:
         dispatch = self._dispatch
 
         @ffi.callback(_CALLBACK_SIGNATURE)  # type: ignore[untyped-decorator]
-        def callback(plugin: Any, inputs: Any, _n_in: int, outputs: Any, _n_out: int, _d: Any) -> None:
-            dispatch(plugin, op, [inputs[i].v.i64 for i in range(arity)], outputs if returns else None)
+        def callback(
+            plugin: Any, inputs: Any, _n_in: int, outputs: Any, _n_out: int, _d: Any
+        ) -> None:
+            dispatch(
+                plugin, op, [inputs[i].v.i64 for i in range(arity)], outputs if returns else None
+            )
 
         self._callbacks.append(callback)
         return extism.Function(

@@ -19,7 +19,9 @@ def _utf8_prefix(prefix: bytes, syscall: str) -> str:
     try:
         return prefix.decode("utf-8")
     except UnicodeDecodeError:
-        raise SyscallError(f"{syscall} prefix is not valid UTF-8: {utf8_error_text(prefix)}") from None
+        raise SyscallError(
+            f"{syscall} prefix is not valid UTF-8: {utf8_error_text(prefix)}"
+        ) from None
 
 
 def astrid_kv_get(session: CapsuleSession, key: bytes) -> bytes:

@@ -1,1 +1,4 @@
-"""Handlers of the ``net`` syscall group (none yet: each answers "<name> is not implemented yet")."""
+"""Handlers of the ``net`` syscall group.
+
+None yet: each syscall of this group answers "<name> is not implemented yet".
+"""

@@ -1,1 +1,4 @@
-"""Handlers of the ``process`` syscall group (none yet: each answers "<name> is not implemented yet")."""
+"""Handlers of the ``process`` syscall group.
+
+None yet: each syscall of this group answers "<name> is not implemented yet".
+"""
