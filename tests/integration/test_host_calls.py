@@ -373,3 +373,36 @@ def test_missing_configuration_refuses_the_capsule(
     assert failed.fatal
     assert "Missing required environment variables: api_key, mode" in failed.reason
     assert worker.process.wait(10) == 78
+
+
+# --------------------------------------------------------------------------------------------
+# The QuickJS `shim` namespace: the same syscalls, reached by index
+
+
+@pytest.fixture(scope="module")
+def shim(env: Syscaller, capsules: dict[str, Path]) -> Syscaller:
+    env.runtime.start_worker(capsules["shim"])
+    return Syscaller(env.runtime, env.client, "shim")
+
+
+def test_shim_reports_signatures_and_dispatches_by_index(shim: Syscaller) -> None:
+    before = time.time_ns() // 1_000_000
+    output = shim.client.call_tool("shim", "probe", {})
+    # arg_type(log, 1) = 2, arg_type(log, 2) = 0, return_type(log) = 0, return_type(clock) = 2,
+    # arg_type(unknown) = 0, invoke(unknown) = 0 silently; then the clock through index 34.
+    assert output[:6] == "200200"
+    assert int(output[6:]) >= before
+
+
+def test_shim_void_syscalls_trap_synchronously(shim: Syscaller) -> None:
+    with pytest.raises(RpcError) as info:
+        shim.client.call_tool("shim", "void", {})
+    assert (
+        info.value.message == "astrid_tool_call failed: astrid_ipc_publish is not implemented yet"
+    )
+
+
+def test_shim_void_syscalls_run(shim: Syscaller) -> None:
+    assert shim.client.call_tool("shim", "log", {}) == ""
+    log = (shim.runtime.home / "logs" / "shim.log").read_text().splitlines()
+    assert log[-1].endswith(" WARN  shim[1] from the shim")
