@@ -24,7 +24,7 @@ HELLO_TIMEOUT_S = 15.0
 LIVENESS_SLICE_MS = 1000
 
 
-class BrokerLost(Exception):
+class BrokerLost(ConnectionError):
     """The broker went away (or never answered)."""
 
 
@@ -53,6 +53,11 @@ class BrokerChannel:
         self.welcome: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------------------
+
+    @property
+    def lost(self) -> bool:
+        """Whether the connection to the broker dropped."""
+        return self._lost
 
     def _next_seq(self) -> int:
         self._seq += 1

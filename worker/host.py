@@ -189,7 +189,8 @@ class HostBridge:
                 self._ready_reported = True
                 self._on_ready()
         except BaseException as exc:  # an exception must never escape into cffi
-            text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, _GuestTrap) else str(exc)
+            plain = isinstance(exc, _GuestTrap | ConnectionError)
+            text = str(exc) if plain else f"{type(exc).__name__}: {exc}"
             log.debug("host call %s failed in the worker: %s", SYSCALLS[op].name, text)
             self._trap(plugin, invocation, text, outputs)
 

@@ -90,6 +90,8 @@ def run(launch: WorkerLaunch) -> NoReturn:
             reason = "run returned" if outcome.ok else f"trap: {outcome.payload!s}"
             if channel.shutdown_reason is not None:
                 _exit(status, ExitCode.OK, StatusEvent(Event.STOPPING, channel.shutdown_reason))
+            if channel.lost:
+                _exit(status, ExitCode.TEMPFAIL, StatusEvent(Event.STOPPING, reason))
             log.error("run loop ended: %s", reason)
             _exit(status, ExitCode.TRAP, StatusEvent(Event.STOPPING, reason))
         status.send(StatusEvent(Event.READY))

@@ -134,3 +134,16 @@ def test_the_worker_does_not_inherit_secrets_through_the_environment(
     environment = psutil.Process(worker.process.pid).environ()
     assert not any(runtime.master_key.hex() in value for value in environment.values())
     assert os.environ.keys() >= environment.keys() - {"EXTISM_CACHE_CONFIG"}
+
+
+def test_a_run_loop_that_loses_the_broker_mid_call_exits_for_a_restart(
+    runtime: Runtime, capsules: dict[str, Path]
+) -> None:
+    worker = runtime.start_worker(capsules["counter"])
+    assert runtime.broker is not None
+    runtime.broker.process.send_signal(signal.SIGKILL)
+    assert worker.process.wait(10) == ExitCode.TEMPFAIL
+    worker.read_events(1)
+    assert worker.events[-1].event == Event.STOPPING
+    assert "lost the connection to the broker" in worker.events[-1].reason
+    assert "BrokerLost" not in worker.events[-1].reason
