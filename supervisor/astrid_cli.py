@@ -1,0 +1,578 @@
+"""The ``astrid`` command line: ``ps``, ``kill`` and ``call``.
+
+``ps`` and ``kill`` work from the supervisor's status file and psutil alone, so they keep working
+when the broker is down; ``call`` talks to the broker over ``sessions/system.sock``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from astrid_core.dirs import AstridHome, HomeResolutionError
+from supervisor.status import StatusFile, live_process, read_status, status_path
+
+__all__ = [
+    "ProcessRow",
+    "format_cpu_time",
+    "format_rss",
+    "format_uptime",
+    "main",
+    "parse_signal",
+]
+
+PROG: Final = "astrid"
+DEFAULT_CALL_TIMEOUT: Final = 60.0
+
+
+class CliError(Exception):
+    """An error for the operator: one line on stderr and exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting helpers
+
+
+def format_uptime(seconds: float | None) -> str:
+    """``3s``, ``4m12s``, ``2h03m``, ``1d04h`` (``-`` when unknown)."""
+    if seconds is None:
+        return "-"
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def format_rss(rss_bytes: int | None) -> str:
+    """Resident memory in MiB with one decimal (``-`` when unknown)."""
+    if rss_bytes is None:
+        return "-"
+    return f"{rss_bytes / (1024 * 1024):.1f}"
+
+
+def format_cpu_time(seconds: float | None) -> str:
+    """Cumulative CPU time as ``M:SS.cc`` (``0:01.23``), like ``time``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    hundredths = round(max(0.0, seconds) * 100)
+    minutes, rest = divmod(hundredths, 6000)
+    return f"{minutes}:{rest // 100:02d}.{rest % 100:02d}"
+
+
+def format_percent(percent: float | None) -> str:
+    return "-" if percent is None else f"{percent:.1f}"
+
+
+def parse_signal(text: str) -> signal.Signals:
+    """``TERM``, ``SIGTERM``, ``term`` or ``15`` → :data:`signal.SIGTERM`."""
+    value = text.strip()
+    try:
+        if value.isdigit():
+            return signal.Signals(int(value))
+        name = value.upper()
+        if not name.startswith("SIG"):
+            name = f"SIG{name}"
+        return signal.Signals[name]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"invalid signal: {text!r}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# ps
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRow:
+    name: str
+    role: str
+    pid: int | None
+    state: str
+    restarts: int | None
+    uptime_s: float | None
+    rss_bytes: int | None
+    cpu_s: float | None
+    cpu_percent: float | None
+    last_exit: str | None
+    generation: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "pid": self.pid,
+            "state": self.state,
+            "restarts": self.restarts,
+            "uptime_s": None if self.uptime_s is None else round(self.uptime_s, 3),
+            "rss_bytes": self.rss_bytes,
+            "cpu_s": None if self.cpu_s is None else round(self.cpu_s, 3),
+            "cpu_percent": None if self.cpu_percent is None else round(self.cpu_percent, 2),
+            "last_exit": self.last_exit,
+            "generation": self.generation,
+        }
+
+    def cells(self) -> list[str]:
+        return [
+            self.name,
+            self.role,
+            "-" if self.pid is None else str(self.pid),
+            self.state,
+            "-" if self.restarts is None else str(self.restarts),
+            format_uptime(self.uptime_s),
+            format_rss(self.rss_bytes),
+            format_cpu_time(self.cpu_s),
+            format_percent(self.cpu_percent),
+            self.last_exit or "",
+        ]
+
+
+COLUMNS: Final = (
+    "NAME",
+    "ROLE",
+    "PID",
+    "STATE",
+    "RESTARTS",
+    "UPTIME",
+    "RSS",
+    "CPU",
+    "%CPU",
+    "LAST EXIT",
+)
+_RIGHT_ALIGNED: Final = frozenset({"PID", "RESTARTS", "UPTIME", "RSS", "CPU", "%CPU"})
+
+
+def _row(
+    *,
+    name: str,
+    role: str,
+    pid: int | None,
+    create_time: float | None,
+    started_at: float | None,
+    state: str,
+    restarts: int | None,
+    last_exit: str | None,
+    generation: int | None,
+    now: float,
+) -> ProcessRow:
+    process = live_process(pid, create_time)
+    rss = cpu = percent = uptime = None
+    if process is not None:
+        try:
+            with process.oneshot():
+                rss = process.memory_info().rss
+                times = process.cpu_times()
+        except Exception:  # the process vanished meanwhile (psutil.Error, OSError)
+            process = None
+        else:
+            cpu = times.user + times.system
+            # The supervisor's wall clock at fork time; psutil's create_time is coarser.
+            start = started_at if started_at is not None else create_time
+            if start is not None:
+                uptime = max(0.0, now - start)
+                percent = 100.0 * cpu / uptime if uptime > 0 else 0.0
+    return ProcessRow(
+        name=name,
+        role=role,
+        pid=pid if process is not None else None,
+        state=state,
+        restarts=restarts,
+        uptime_s=uptime,
+        rss_bytes=rss,
+        cpu_s=cpu,
+        cpu_percent=percent,
+        last_exit=last_exit,
+        generation=generation,
+    )
+
+
+def collect_rows(status: StatusFile, now: float | None = None) -> list[ProcessRow]:
+    """One row for the supervisor, the broker and every capsule, sampled from psutil."""
+    now = time.time() if now is None else now
+    sup = status.supervisor
+    broker = status.broker
+    rows = [
+        _row(
+            name="astrid-supervisor",
+            role="supervisor",
+            pid=sup.pid,
+            create_time=sup.create_time,
+            started_at=sup.started_at,
+            state="RUNNING",
+            restarts=None,
+            last_exit=None,
+            generation=None,
+            now=now,
+        ),
+        _row(
+            name="broker",
+            role="broker",
+            pid=broker.pid,
+            create_time=broker.create_time,
+            started_at=broker.started_at,
+            state=str(broker.state),
+            restarts=broker.restarts,
+            last_exit=broker.last_exit,
+            generation=broker.restarts + 1,
+            now=now,
+        ),
+    ]
+    rows.extend(
+        _row(
+            name=capsule.name,
+            role="worker",
+            pid=capsule.pid,
+            create_time=capsule.create_time,
+            started_at=capsule.started_at,
+            state=str(capsule.state),
+            restarts=capsule.restarts,
+            last_exit=capsule.last_exit,
+            generation=capsule.generation or None,
+            now=now,
+        )
+        for capsule in status.capsules
+    )
+    return rows
+
+
+def render_plain(rows: Sequence[ProcessRow]) -> str:
+    """An aligned plain-text table (for pipes and files)."""
+    table = [list(COLUMNS), *(row.cells() for row in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+    lines = []
+    for line in table:
+        cells = [
+            cell.rjust(width) if column in _RIGHT_ALIGNED else cell.ljust(width)
+            for column, cell, width in zip(COLUMNS, line, widths, strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+_STATE_STYLES: Final = {
+    "RUNNING": "green",
+    "READY": "green",
+    "STARTING": "yellow",
+    "BACKOFF": "yellow",
+    "FATAL": "bold red",
+    "STOPPED": "dim",
+}
+
+
+def _print_rich(rows: Sequence[ProcessRow]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    all_cells = [row.cells() for row in rows]
+    widths = [
+        max([len(column), *(len(cells[index]) for cells in all_cells)])
+        for index, column in enumerate(COLUMNS)
+    ]
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column, width in zip(COLUMNS, widths, strict=True):
+        if column == "LAST EXIT":  # the one column that wraps in a narrow terminal
+            table.add_column(column, overflow="fold", min_width=len(column))
+        else:
+            table.add_column(
+                column,
+                justify="right" if column in _RIGHT_ALIGNED else "left",
+                no_wrap=True,
+                min_width=width,
+            )
+    for row, cells in zip(rows, all_cells, strict=True):
+        markup = [escape(cell) for cell in cells]
+        style = _STATE_STYLES.get(row.state)
+        if style:
+            markup[3] = f"[{style}]{markup[3]}[/]"
+        table.add_row(*markup)
+    console = Console()
+    # Two spaces between columns; below this width rich would drop columns rather than wrap.
+    fixed = sum(widths[:-1]) + 2 * (len(COLUMNS) - 1)
+    if console.width < fixed + len(COLUMNS[-1]):
+        console = Console(width=fixed + widths[-1])  # let the terminal wrap the lines instead
+    console.print(table)
+
+
+def _require_running(home: AstridHome) -> StatusFile:
+    status = read_status(status_path(home.state_dir()))
+    if status is None or live_process(status.supervisor.pid, status.supervisor.create_time) is None:
+        raise CliError(f"astrid-supervisor is not running (home: {home.root()})")
+    return status
+
+
+def cmd_ps(home: AstridHome, args: argparse.Namespace) -> int:
+    try:
+        status = _require_running(home)
+    except CliError:
+        if args.json:
+            print(json.dumps({"running": False, "home": str(home.root())}))
+            return 1
+        raise
+    rows = collect_rows(status)
+    if args.json:
+        document = {
+            "running": True,
+            "home": status.supervisor.home,
+            "workspace": status.supervisor.workspace,
+            "processes": [row.to_json() for row in rows],
+        }
+        print(json.dumps(document, indent=2))
+    elif sys.stdout.isatty():
+        _print_rich(rows)
+    else:
+        print(render_plain(rows))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# kill
+
+
+@dataclass(frozen=True, slots=True)
+class KillTarget:
+    pid: int
+    create_time: float
+    description: str  # "worker counter", "broker", "astrid-supervisor"
+
+
+def resolve_kill_target(status: StatusFile, target: str) -> KillTarget:
+    """The tree member ``target`` names (a capsule name or a pid); raises :class:`CliError`."""
+    sup = status.supervisor
+    if target.isdigit():
+        pid = int(target)
+        candidates = [
+            (sup.pid, sup.create_time, "astrid-supervisor"),
+            (status.broker.pid, status.broker.create_time, "broker"),
+            *((c.pid, c.create_time, f"worker {c.name}") for c in status.capsules),
+        ]
+        for candidate_pid, create_time, description in candidates:
+            if (
+                candidate_pid == pid
+                and create_time is not None
+                and live_process(pid, create_time) is not None
+            ):
+                return KillTarget(pid, create_time, description)
+        raise CliError(
+            f"refusing to signal pid {pid}: it is not part of the astrid tree (see `astrid ps`)"
+        )
+    capsule = status.capsule(target)
+    if capsule is None:
+        known = ", ".join(sorted(c.name for c in status.capsules)) or "none"
+        raise CliError(f"no capsule named {target!r} (known: {known})")
+    if (
+        capsule.pid is None
+        or capsule.create_time is None
+        or live_process(capsule.pid, capsule.create_time) is None
+    ):
+        raise CliError(f"capsule {target!r} has no running worker (state {capsule.state})")
+    return KillTarget(capsule.pid, capsule.create_time, f"worker {capsule.name}")
+
+
+def cmd_kill(home: AstridHome, args: argparse.Namespace) -> int:
+    status = _require_running(home)
+    target = resolve_kill_target(status, args.target)
+    sig: signal.Signals = args.signal
+    process = live_process(target.pid, target.create_time)
+    if process is None:
+        raise CliError(f"{target.description} (pid {target.pid}) is gone")
+    try:
+        process.send_signal(sig)
+    except Exception as exc:  # psutil.NoSuchProcess / AccessDenied
+        raise CliError(f"cannot signal {target.description} (pid {target.pid}): {exc}") from None
+    print(f"sent {sig.name} to {target.description} (pid {target.pid})")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# call
+
+
+def cmd_call(home: AstridHome, args: argparse.Namespace) -> int:
+    from astrid_core.rpc import RpcError
+    from supervisor.client import ClientError, call_tool
+
+    try:
+        output = call_tool(home, args.capsule, args.tool, args.arguments, timeout=args.timeout)
+    except ClientError as exc:
+        raise CliError(str(exc)) from None
+    except RpcError as exc:
+        raise CliError(exc.message) from None
+    sys.stdout.write(output if output.endswith("\n") else output + "\n")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Argument parsing
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        formatter_class=_FORMATTER,
+        description="Inspect and control a running astrid tree (supervisor, broker, workers).",
+        epilog=(
+            "examples:\n"
+            "  astrid ps                          show every process of the tree\n"
+            "  astrid kill counter --signal KILL  kill the worker of capsule 'counter'\n"
+            '  astrid call echo say \'{"text": "hi"}\'\n'
+            "\n"
+            "The home is --home, else $ASTRID_HOME, else ~/.astrid."
+        ),
+    )
+    home_help = "the astrid home of the tree (default: $ASTRID_HOME, else ~/.astrid)"
+    parser.add_argument("--home", metavar="DIR", type=Path, help=home_help)
+    # Also accepted after the command (``astrid ps --home DIR``); SUPPRESS keeps a --home given
+    # before the command from being overwritten by the subcommand's default.
+    home_after = argparse.ArgumentParser(add_help=False)
+    home_after.add_argument(
+        "--home", metavar="DIR", type=Path, default=argparse.SUPPRESS, help=home_help
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    ps = commands.add_parser(
+        "ps",
+        parents=[home_after],
+        help="list the supervisor, the broker and the capsule workers",
+        formatter_class=_FORMATTER,
+        description=(
+            "List every process of the tree with its state, restarts, uptime, resident memory,\n"
+            "CPU time (cumulative user+system) and lifetime average %CPU, and the reason of its\n"
+            "last exit. Works from the supervisor's status file and psutil alone: the broker\n"
+            "does not need to be up. Exits with status 1 when the supervisor is not running."
+        ),
+        epilog="examples:\n  astrid ps\n  astrid ps --json | jq '.processes[] | .name'",
+    )
+    ps.add_argument("--json", action="store_true", help="print a JSON document instead of a table")
+    ps.set_defaults(handler=cmd_ps)
+
+    kill = commands.add_parser(
+        "kill",
+        parents=[home_after],
+        help="send a signal to a worker, the broker or the supervisor",
+        formatter_class=_FORMATTER,
+        description=(
+            "Send a signal to a member of the tree: TARGET is a capsule name (its worker) or the\n"
+            "pid of the supervisor, the broker or a worker as shown by `astrid ps`. Any other\n"
+            "pid is refused. A killed worker is restarted by the supervisor under its policy."
+        ),
+        epilog=(
+            "examples:\n"
+            "  astrid kill counter                 SIGTERM to the worker of 'counter'\n"
+            "  astrid kill counter --signal KILL   SIGKILL (also: SIGKILL, kill, 9)\n"
+            "  astrid kill 12345 --signal HUP      a pid listed by `astrid ps`"
+        ),
+    )
+    kill.add_argument("target", metavar="TARGET", help="a capsule name or a pid of the tree")
+    kill.add_argument(
+        "--signal",
+        "-s",
+        metavar="SIG",
+        type=parse_signal,
+        default=signal.SIGTERM,
+        help="signal name or number (default: TERM)",
+    )
+    kill.set_defaults(handler=cmd_kill)
+
+    call = commands.add_parser(
+        "call",
+        parents=[home_after],
+        help="call a tool of a capsule through the broker",
+        formatter_class=_FORMATTER,
+        description=(
+            "Invoke TOOL of CAPSULE with the JSON arguments and print the tool's output.\n"
+            "Needs a running broker (sessions/system.sock). A trap in the capsule is reported\n"
+            "on stderr with exit status 1."
+        ),
+        epilog=(
+            "examples:\n"
+            '  astrid call echo say \'{"text": "hello"}\'\n'
+            "  astrid call counter increment --timeout 5"
+        ),
+    )
+    call.add_argument("capsule", metavar="CAPSULE", help="the capsule that provides the tool")
+    call.add_argument("tool", metavar="TOOL", help="the tool's name")
+    call.add_argument(
+        "arguments",
+        metavar="JSON",
+        nargs="?",
+        default="{}",
+        help="the tool's arguments as a JSON value (default: {})",
+    )
+    call.add_argument(
+        "--timeout",
+        metavar="S",
+        type=_positive_float,
+        default=DEFAULT_CALL_TIMEOUT,
+        help=f"seconds to wait for the answer (default: {DEFAULT_CALL_TIMEOUT:g})",
+    )
+    call.set_defaults(handler=cmd_call, parser=call)
+    return parser
+
+
+def resolve_home(home_arg: Path | None) -> AstridHome:
+    if home_arg is not None:
+        return AstridHome.from_path(home_arg.absolute())
+    try:
+        return AstridHome.resolve()
+    except HomeResolutionError as exc:
+        raise CliError(f"cannot find the astrid home: {exc}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "call":
+        try:
+            args.arguments = json.loads(args.arguments)
+        except ValueError as exc:
+            args.parser.error(f"invalid JSON arguments: {exc}")
+    try:
+        home = resolve_home(args.home)
+        code: int = args.handler(home, args)
+    except CliError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (``astrid ps | head``): no traceback at interpreter exit either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1152 @@
+"""The process tree: one broker and one worker per capsule, supervised by a single-threaded loop.
+
+:class:`Supervisor` discovers the capsules, forks the broker and then the workers in dependency
+order, watches their status pipes, restarts them under the restart policy, copies their output
+into ``logs/``, keeps ``state/supervisor.json`` current and stops everything on SIGINT/SIGTERM.
+
+Everything happens in one thread around a :class:`selectors.DefaultSelector`: signals arrive
+through :func:`signal.set_wakeup_fd`, children report on their status pipes, their output comes
+through per-capsule log pipes, and delays (backoff, readiness, grace periods) are timers on a
+heap. No thread, ZeroMQ context or wasm engine is ever created here: forking after any of them
+hangs children (spec/perf-baselines.md §4b).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import fcntl
+import heapq
+import importlib
+import itertools
+import logging
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final, TypeVar
+
+import psutil
+import setproctitle
+
+from astrid_core.dirs import AstridHome
+from astrid_core.discovery import discover, order_capsules
+from astrid_core.launch import (
+    BROKER_ENTRY,
+    PRELOAD_MODULES,
+    WORKER_ENTRY,
+    BrokerLaunch,
+    Event,
+    ExitCode,
+    StatusEvent,
+    WorkerLaunch,
+)
+from astrid_core.wire import HelloInfo, derive_worker_secret
+from supervisor.forking import (
+    compile_cache_dir,
+    fork_child,
+    kill_group,
+    write_compile_cache_config,
+)
+from supervisor.policy import RestartPolicy, RestartTracker
+from supervisor.status import (
+    BrokerStatus,
+    CapsuleStatus,
+    ProcState,
+    StatusFile,
+    SupervisorInfo,
+    read_status,
+    remove_status,
+    status_path,
+    write_status,
+)
+
+__all__ = [
+    "BROKER_READY_TIMEOUT",
+    "DEFAULT_GRACE",
+    "DEFAULT_READY_TIMEOUT",
+    "Supervisor",
+    "SupervisorError",
+    "utc_timestamp",
+]
+
+log = logging.getLogger("astrid.supervisor")
+
+DEFAULT_GRACE: Final = 5.0
+DEFAULT_READY_TIMEOUT: Final = 10.0
+BROKER_READY_TIMEOUT: Final = 15.0
+#: A log line longer than this is written out in pieces.
+MAX_LOG_LINE: Final = 64 * 1024
+#: ``sun_path`` holds 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH: Final = 107
+#: Endpoint paths at least this long move to a short temporary directory.
+LONG_ENDPOINT_PATH: Final = 100
+#: How long to wait for processes to disappear after SIGKILL before giving up on them.
+KILL_WAIT: Final = 5.0
+#: Broker stderr lines kept for the error report when it fails to start.
+_STDERR_TAIL: Final = 20
+_READ_SIZE: Final = 65536
+_HANDLED_SIGNALS: Final = (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_STOP_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+_SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+class SupervisorError(Exception):
+    """A problem that stops the supervisor; ``details`` are extra lines for the operator."""
+
+    def __init__(self, message: str, details: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = list(details)
+
+
+def utc_timestamp(when: float) -> str:
+    """``2025-01-02T03:04:05.678Z``: UTC, millisecond precision."""
+    moment = datetime.fromtimestamp(when, UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+
+def describe_exit(status: int) -> str:
+    """``exit code N`` or ``killed by SIGNAME`` for a :func:`os.waitpid` status."""
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"killed by {name}"
+
+
+# --------------------------------------------------------------------------------------------
+# Timers
+
+
+@dataclass(eq=False, slots=True)
+class _Timer:
+    deadline: float
+    callback: Callable[[], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Timers:
+    """A heap of deadlines on the monotonic clock."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Timer]] = []
+        self._counter = itertools.count()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
+        timer = _Timer(time.monotonic() + max(0.0, delay), callback)
+        heapq.heappush(self._heap, (timer.deadline, next(self._counter), timer))
+        return timer
+
+    def timeout(self, now: float) -> float | None:
+        """Seconds until the next live deadline (None: no timer)."""
+        while self._heap and self._heap[0][2].cancelled:
+            heapq.heappop(self._heap)
+        if not self._heap:
+            return None
+        return max(0.0, self._heap[0][0] - now)
+
+    def run_due(self, now: float) -> None:
+        while self._heap and self._heap[0][0] <= now:
+            _, _, timer = heapq.heappop(self._heap)
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.callback()
+
+
+# --------------------------------------------------------------------------------------------
+# Logs
+
+
+class _LogFile:
+    """An append-only log file; every line is one ``write`` (no buffer, nothing to lose)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def write_line(self, stream: str, tag: str, line: str) -> None:
+        record = f"{utc_timestamp(time.time())} {stream} {tag} {line}\n"
+        data = record.encode("utf-8", errors="backslashreplace")
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError as exc:
+            log.warning("cannot write to %s: %s", self.path, exc)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class _LogPipe:
+    """One child output stream (stdout or stderr) copied line by line into a log file.
+
+    The pipe lives as long as the supervisor: each new generation of the process gets the same
+    write end, so nothing written around a restart is lost, and no EOF ever has to be handled.
+    """
+
+    def __init__(self, stream: str, sink: _LogFile, owner: _Proc, *, keep_tail: bool) -> None:
+        self.stream = stream
+        self.sink = sink
+        self.owner = owner
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self._partial = bytearray()
+        self.tail: collections.deque[str] | None = (
+            collections.deque(maxlen=_STDERR_TAIL) if keep_tail else None
+        )
+
+    def drain(self) -> None:
+        """Read everything available and write out the complete lines."""
+        while True:
+            try:
+                chunk = os.read(self.read_fd, _READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                log.warning("cannot read %s output of %s: %s", self.stream, self.owner.name, exc)
+                return
+            if not chunk:
+                return
+            self._feed(chunk)
+
+    def _feed(self, chunk: bytes) -> None:
+        buffer = self._partial
+        buffer += chunk
+        start = 0
+        while (newline := buffer.find(b"\n", start)) >= 0:
+            self._emit(buffer[start:newline])
+            start = newline + 1
+        del buffer[:start]
+        while len(buffer) >= MAX_LOG_LINE:
+            self._emit(buffer[:MAX_LOG_LINE])
+            del buffer[:MAX_LOG_LINE]
+
+    def flush_partial(self) -> None:
+        """Write out an unterminated last line (the process that wrote it is gone)."""
+        if self._partial:
+            self._emit(self._partial)
+            self._partial.clear()
+
+    def _emit(self, raw: bytes | bytearray) -> None:
+        line = bytes(raw).decode("utf-8", errors="backslashreplace").removesuffix("\r")
+        self.sink.write_line(self.stream, self.owner.tag, line)
+        if self.tail is not None:
+            self.tail.append(line)
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# Supervised processes
+
+
+@dataclass(eq=False)
+class _Proc:
+    """A supervised process (the broker or one worker) across its generations."""
+
+    name: str
+    role: str
+    tracker: RestartTracker
+    #: None until first started (a worker waiting for its providers).
+    state: ProcState | None = None
+    pid: int | None = None
+    create_time: float | None = None
+    started_at: float | None = None
+    started_mono: float = 0.0
+    restarts: int = 0
+    generation: int = 0
+    last_exit: str | None = None
+    #: The last reason a status event gave (FAILED, STOPPING), for the exit report.
+    reason: str = ""
+    fatal_reason: str | None = None
+    stopping: bool = False
+    status_fd: int | None = None
+    status_buffer: bytearray = field(default_factory=bytearray)
+    ready_timer: _Timer | None = None
+    restart_timer: _Timer | None = None
+    kill_timer: _Timer | None = None
+    stdout: _LogPipe | None = None
+    stderr: _LogPipe | None = None
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}[{self.generation}]"
+
+    @property
+    def started(self) -> bool:
+        return self.state is not None
+
+    def cancel_timers(self) -> None:
+        for timer in (self.ready_timer, self.restart_timer, self.kill_timer):
+            if timer is not None:
+                timer.cancel()
+        self.ready_timer = self.restart_timer = self.kill_timer = None
+
+
+@dataclass(eq=False)
+class _Worker(_Proc):
+    capsule_dir: Path = Path()
+    providers: list[str] = field(default_factory=list)
+    has_run: bool = False
+
+
+# --------------------------------------------------------------------------------------------
+# The supervisor
+
+
+_P = TypeVar("_P", bound=_Proc)
+
+
+class _Phase(enum.Enum):
+    STARTING = "starting"  # waiting for the first broker READY
+    RUNNING = "running"
+    STOPPING = "stopping"
+    DONE = "done"
+
+
+class Supervisor:
+    """The root of the process tree (``astrid-supervisor up``).
+
+    ``broker_entry``/``worker_entry`` name the functions the children run (tests substitute
+    fakes); ``preload`` the modules imported before any fork; ``ready_timeout`` how long a worker
+    may take to report READY; ``grace`` how long a process may take to exit after SIGTERM.
+    """
+
+    def __init__(
+        self,
+        home: AstridHome,
+        workspace: Path,
+        *,
+        grace: float = DEFAULT_GRACE,
+        ready_timeout: float = DEFAULT_READY_TIMEOUT,
+        broker_ready_timeout: float = BROKER_READY_TIMEOUT,
+        policy: RestartPolicy | None = None,
+        broker_policy: RestartPolicy | None = None,
+        broker_entry: str = BROKER_ENTRY,
+        worker_entry: str = WORKER_ENTRY,
+        preload: Sequence[str] = PRELOAD_MODULES,
+        cache_dir: Path | None = None,
+        log_to_stderr: bool = True,
+    ) -> None:
+        if grace < 0 or ready_timeout <= 0 or broker_ready_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        self.home = home
+        self.workspace = workspace
+        self.grace = grace
+        self.ready_timeout = ready_timeout
+        self.broker_ready_timeout = broker_ready_timeout
+        self.policy = policy or RestartPolicy()
+        self.broker_policy = broker_policy or RestartPolicy()
+        self.broker_entry = broker_entry
+        self.worker_entry = worker_entry
+        self.preload = tuple(preload)
+        self.cache_dir = cache_dir
+        self.log_to_stderr = log_to_stderr
+
+        self._pid = os.getpid()
+        self._phase = _Phase.STARTING
+        self._error: SupervisorError | None = None
+        self._timers = _Timers()
+        self._selector: selectors.BaseSelector | None = None
+        self._signal_r = self._signal_w = -1
+        self._old_handlers: dict[int, _SignalHandler] = {}
+        self._log_handlers: list[logging.Handler] = []
+        self._log_files: list[_LogFile] = []
+        self._master_key = bytearray()
+        self._endpoint = ""
+        self._endpoint_tmpdir: Path | None = None
+        self._status_path = status_path(home.state_dir())
+        self._lock_fd = -1
+        self._status_dirty = False
+        self._started_at = 0.0
+        self._create_time = 0.0
+        self._broker: _Proc | None = None
+        self._workers: list[_Worker] = []
+        self._by_name: dict[str, _Worker] = {}
+        self._dependents: dict[str, list[str]] = {}
+        self._start_order: list[_Worker] = []
+        self._by_pid: dict[int, _Proc] = {}
+
+    # ---------------------------------------------------------------------------------------
+    # Public entry point
+
+    def run(self) -> int:
+        """Run the tree until a stop signal; return 0, or raise :class:`SupervisorError`."""
+        try:
+            self._setup()
+            self._start_broker()
+            self._loop()
+        finally:
+            self._teardown()
+        if self._error is not None:
+            raise self._error
+        return 0
+
+    # ---------------------------------------------------------------------------------------
+    # Start-up
+
+    def _setup(self) -> None:
+        home = self.home
+        socket_path = home.socket_path()
+        if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
+            raise SupervisorError(
+                f"socket path too long: {socket_path} is {len(os.fsencode(socket_path))} bytes, "
+                f"the limit is {MAX_SOCKET_PATH}; choose a shorter --home"
+            )
+        try:
+            home.ensure()
+            for directory in (home.state_dir(), home.run_dir()):
+                directory.mkdir(mode=0o700, exist_ok=True)
+                directory.chmod(0o700)
+        except OSError as exc:
+            raise SupervisorError(f"cannot prepare the astrid home {home.root()}: {exc}") from None
+        self._lock_home()
+        setproctitle.setproctitle("astrid-supervisor")
+        self._setup_logging()
+        self._started_at = time.time()
+        self._create_time = psutil.Process(self._pid).create_time()
+        log.info(
+            "astrid-supervisor starting (pid %d, home %s, workspace %s)",
+            self._pid,
+            home.root(),
+            self.workspace,
+        )
+        self._setup_compile_cache()
+        self._preload()
+        self._selector = selectors.DefaultSelector()
+        self._discover()
+        self._endpoint = self._make_endpoint()
+        self._master_key = bytearray(secrets.token_bytes(32))
+        self._setup_signals()
+        self._broker = self._new_proc(_Proc, "broker", "broker", self.broker_policy)
+        self._status_dirty = True
+        self._flush_status()
+
+    def _lock_home(self) -> None:
+        """Hold ``run/supervisor.lock`` for life: one supervisor per home."""
+        path = self.home.run_dir() / "supervisor.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            running = read_status(self._status_path)
+            holder = f" (pid {running.supervisor.pid})" if running is not None else ""
+            raise SupervisorError(
+                f"another astrid-supervisor{holder} is already running for {self.home.root()}"
+            ) from None
+        self._lock_fd = fd
+
+    def _setup_logging(self) -> None:
+        formatter = _LogFormatter()
+        handlers: list[logging.Handler] = [_FdHandler(self._open_log("supervisor.log"))]
+        if self.log_to_stderr:
+            handlers.append(logging.StreamHandler(sys.stderr))
+        for handler in handlers:
+            handler.setFormatter(formatter)
+            log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        self._log_handlers = handlers
+
+    def _open_log(self, file_name: str) -> _LogFile:
+        sink = _LogFile(self.home.logs_dir() / file_name)
+        self._log_files.append(sink)
+        return sink
+
+    def _setup_compile_cache(self) -> None:
+        cache_dir = self.cache_dir or compile_cache_dir()
+        try:
+            config = write_compile_cache_config(cache_dir)
+        except OSError as exc:
+            log.warning("wasm compile cache disabled: cannot write its configuration: %s", exc)
+            os.environ["EXTISM_CACHE_CONFIG"] = ""
+            return
+        os.environ["EXTISM_CACHE_CONFIG"] = str(config)
+        log.info("wasm compile cache: %s", cache_dir)
+
+    def _preload(self) -> None:
+        for module in self.preload:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:
+                # Not fatal here: a child that needs the module reports the failure itself.
+                log.warning("cannot preload %s: %s: %s", module, type(exc).__name__, exc)
+
+    def _discover(self) -> None:
+        result = discover(self.workspace, self.home.capsules_dir())
+        for problem in result.problems:
+            log.warning("capsule skipped: %s: %s", problem.path, problem.message)
+        ordering = order_capsules(result.capsules)
+        for warning in ordering.warnings:
+            log.warning("%s", warning)
+        for capsule in ordering.order:
+            if capsule.name in ("broker", "supervisor"):
+                log.warning(
+                    "capsule %s shares logs/%s.log with the %s's own output",
+                    capsule.name,
+                    capsule.name,
+                    capsule.name,
+                )
+            providers = [] if ordering.cycle else ordering.providers.get(capsule.name, [])
+            worker = self._new_proc(_Worker, capsule.name, "worker", self.policy)
+            worker.capsule_dir = capsule.dir
+            worker.providers = [p for p in providers if p != capsule.name]
+            self._workers.append(worker)
+            self._by_name[capsule.name] = worker
+        self._dependents = {worker.name: [] for worker in self._workers}
+        for worker in self._workers:
+            for provider in worker.providers:
+                if provider in self._dependents:
+                    self._dependents[provider].append(worker.name)
+        if self._workers:
+            log.info(
+                "%d capsule(s), start order: %s",
+                len(self._workers),
+                ", ".join(worker.name for worker in self._workers),
+            )
+        else:
+            log.warning(
+                "no capsules found (looked in %s and %s)",
+                self.workspace / ".astrid" / "capsules",
+                self.home.capsules_dir(),
+            )
+
+    def _new_proc(self, kind: type[_P], name: str, role: str, policy: RestartPolicy) -> _P:
+        """A supervised process with its log file and persistent log pipes."""
+        proc = kind(name=name, role=role, tracker=RestartTracker(policy))
+        sink = self._open_log(f"{name}.log")
+        proc.stdout = _LogPipe("STDOUT", sink, proc, keep_tail=False)
+        proc.stderr = _LogPipe("STDERR", sink, proc, keep_tail=proc.role == "broker")
+        assert self._selector is not None
+        for pipe in (proc.stdout, proc.stderr):
+            self._selector.register(pipe.read_fd, selectors.EVENT_READ, pipe.drain)
+        return proc
+
+    def _make_endpoint(self) -> str:
+        path = self.home.run_dir() / "broker.ipc"
+        if len(os.fsencode(path)) >= LONG_ENDPOINT_PATH:
+            self._endpoint_tmpdir = Path(tempfile.mkdtemp(prefix="astrid-"))
+            self._endpoint_tmpdir.chmod(0o700)
+            path = self._endpoint_tmpdir / "broker.ipc"
+            log.info("the broker endpoint moved to %s (the home's run/ path is too long)", path)
+        return f"ipc://{path}"
+
+    def _setup_signals(self) -> None:
+        assert self._selector is not None
+        self._signal_r, self._signal_w = os.pipe()
+        for fd in (self._signal_r, self._signal_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._signal_w, warn_on_full_buffer=False)
+        for sig in _HANDLED_SIGNALS:
+            self._old_handlers[sig] = signal.signal(sig, _ignore_signal)
+        self._selector.register(self._signal_r, selectors.EVENT_READ, self._on_signals)
+
+    # ---------------------------------------------------------------------------------------
+    # The loop
+
+    def _loop(self) -> None:
+        assert self._selector is not None
+        while self._phase != _Phase.DONE:
+            timeout = self._timers.timeout(time.monotonic())
+            for key, _ in self._selector.select(timeout):
+                key.data()
+            self._timers.run_due(time.monotonic())
+            self._flush_status()
+
+    def _on_signals(self) -> None:
+        try:
+            data = os.read(self._signal_r, 512)
+        except BlockingIOError:
+            data = b""
+        # Reaping on every wakeup also covers a SIGCHLD lost to a full wakeup pipe.
+        self._reap()
+        for number in data:
+            if number in _STOP_SIGNALS:
+                self._on_stop_signal(signal.Signals(number))
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        if self._phase == _Phase.STOPPING:
+            # A second Ctrl-C means "now"; a repeated SIGTERM (from a process manager that signals
+            # the whole group, say) does not cut the grace periods short.
+            if sig == signal.SIGINT:
+                log.warning("SIGINT during shutdown: killing every process now")
+                self._kill_all()
+            else:
+                log.info("%s received: already shutting down", sig.name)
+            return
+        if self._phase == _Phase.DONE:
+            return
+        log.info("%s received: shutting down", sig.name)
+        self._begin_shutdown()
+
+    # ---------------------------------------------------------------------------------------
+    # Starting processes
+
+    def _start_broker(self) -> None:
+        broker = self._broker
+        assert broker is not None
+        broker.restart_timer = None
+        if self._phase in (_Phase.STOPPING, _Phase.DONE):
+            return
+        generation = self._next_generation(broker)
+        status_r, status_w = os.pipe()
+        launch = BrokerLaunch(
+            home=str(self.home.root()),
+            workspace=str(self.workspace),
+            endpoint=self._endpoint,
+            master_key=bytes(self._master_key),
+            status_fd=status_w,
+            supervisor_pid=self._pid,
+        )
+        self._fork(
+            broker,
+            generation=generation,
+            entry=self.broker_entry,
+            launch=launch,
+            status_r=status_r,
+            status_w=status_w,
+            clear=None,
+        )
+        del launch
+        if broker.pid is not None:
+            broker.ready_timer = self._timers.call_later(
+                self.broker_ready_timeout, lambda: self._on_ready_timeout(broker)
+            )
+
+    def _start_worker(self, worker: _Worker) -> None:
+        worker.restart_timer = None
+        if self._phase != _Phase.RUNNING:
+            return
+        if not worker.started:
+            self._start_order.append(worker)
+        generation = self._next_generation(worker)
+        status_r, status_w = os.pipe()
+        capsule_dir = str(worker.capsule_dir)
+        secret = derive_worker_secret(
+            bytes(self._master_key),
+            HelloInfo(
+                capsule=worker.name,
+                capsule_dir=capsule_dir,
+                generation=generation,
+                pid=0,
+                has_run=False,
+            ),
+        )
+        launch = WorkerLaunch(
+            capsule=worker.name,
+            capsule_dir=capsule_dir,
+            generation=generation,
+            broker_endpoint=self._endpoint,
+            secret=secret,
+            status_fd=status_w,
+            supervisor_pid=self._pid,
+        )
+        worker.has_run = False
+        self._fork(
+            worker,
+            generation=generation,
+            entry=self.worker_entry,
+            launch=launch,
+            status_r=status_r,
+            status_w=status_w,
+            clear=self._master_key,
+        )
+        if worker.pid is not None:
+            worker.ready_timer = self._timers.call_later(
+                self.ready_timeout, lambda: self._on_ready_timeout(worker)
+            )
+
+    @staticmethod
+    def _next_generation(proc: _Proc) -> int:
+        """Count a restart (not the first start); generations are ``restarts + 1``."""
+        if proc.started:
+            proc.restarts += 1
+        return proc.restarts + 1
+
+    def _fork(
+        self,
+        proc: _Proc,
+        *,
+        generation: int,
+        entry: str,
+        launch: BrokerLaunch | WorkerLaunch,
+        status_r: int,
+        status_w: int,
+        clear: bytearray | None,
+    ) -> None:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.generation = generation
+        proc.state = ProcState.STARTING
+        proc.reason = ""
+        proc.fatal_reason = None
+        proc.stopping = False
+        proc.started_at = time.time()
+        proc.started_mono = time.monotonic()
+        proc.tracker.on_start(proc.started_mono)
+        self._status_dirty = True
+        try:
+            pid = fork_child(
+                entry,
+                launch,
+                stdout_fd=proc.stdout.write_fd,
+                stderr_fd=proc.stderr.write_fd,
+                status_fd=status_w,
+                clear=clear,
+            )
+        except OSError as exc:
+            os.close(status_r)
+            os.close(status_w)
+            log.error("cannot fork %s: %s", proc.tag, exc)
+            self._after_exit(proc, f"fork failed: {exc}", ExitCode.TEMPFAIL)
+            return
+        os.close(status_w)
+        os.set_blocking(status_r, False)
+        proc.pid = pid
+        proc.create_time = _create_time(pid)
+        proc.status_fd = status_r
+        proc.status_buffer.clear()
+        self._by_pid[pid] = proc
+        assert self._selector is not None
+        self._selector.register(status_r, selectors.EVENT_READ, lambda: self._read_status(proc))
+        log.info("%s started (pid %d)", proc.tag, pid)
+
+    def _start_eligible(self) -> None:
+        """Start every waiting worker whose providers are READY (or will never be)."""
+        if self._phase != _Phase.RUNNING:
+            return
+        for worker in self._workers:
+            if worker.started:
+                continue
+            states = {p: self._by_name[p].state for p in worker.providers if p in self._by_name}
+            if any(
+                state not in (ProcState.READY, ProcState.FATAL, ProcState.STOPPED)
+                for state in states.values()
+            ):
+                continue
+            for provider, state in states.items():
+                if state != ProcState.READY:
+                    log.warning(
+                        "starting %s although its provider %s is %s", worker.name, provider, state
+                    )
+            self._start_worker(worker)
+
+    # ---------------------------------------------------------------------------------------
+    # Status events
+
+    def _read_status(self, proc: _Proc, *, reap_on_eof: bool = True) -> None:
+        fd = proc.status_fd
+        if fd is None:
+            return
+        eof = False
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                log.warning("cannot read the status pipe of %s: %s", proc.tag, exc)
+                eof = True
+                break
+            if not chunk:
+                eof = True
+                break
+            proc.status_buffer += chunk
+        buffer = proc.status_buffer
+        while (newline := buffer.find(b"\n")) >= 0:
+            line = bytes(buffer[:newline])
+            del buffer[: newline + 1]
+            if line.strip():
+                self._on_status_line(proc, line)
+        if eof:
+            self._close_status(proc)
+            if reap_on_eof:
+                self._reap()  # the child is most likely gone
+
+    def _close_status(self, proc: _Proc) -> None:
+        fd, proc.status_fd = proc.status_fd, None
+        if fd is None:
+            return
+        assert self._selector is not None
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        proc.status_buffer.clear()
+
+    def _on_status_line(self, proc: _Proc, line: bytes) -> None:
+        try:
+            event = StatusEvent.decode(line)
+        except (ValueError, KeyError) as exc:
+            log.warning("%s sent a malformed status line (%s): %r", proc.tag, exc, line[:200])
+            return
+        if event.event == Event.LOADED:
+            if isinstance(proc, _Worker):
+                proc.has_run = event.has_run
+                self._status_dirty = True
+        elif event.event == Event.READY:
+            self._on_ready(proc)
+        elif event.event == Event.FAILED:
+            proc.reason = event.reason
+            if event.fatal:
+                proc.fatal_reason = event.reason or "fatal failure"
+                if not proc.stopping:
+                    proc.state = ProcState.FATAL
+                    self._status_dirty = True
+                log.error("%s failed: %s", proc.tag, proc.fatal_reason)
+                if proc is self._broker and self._phase == _Phase.STARTING:
+                    self._fail(f"broker failed to start: {proc.fatal_reason}", proc)
+                else:
+                    self._start_eligible()
+            else:
+                log.warning("%s failed: %s", proc.tag, event.reason)
+        elif event.event == Event.STOPPING:
+            proc.reason = event.reason
+
+    def _on_ready(self, proc: _Proc) -> None:
+        if proc.state != ProcState.STARTING or proc.pid is None:
+            return
+        if proc.ready_timer is not None:
+            proc.ready_timer.cancel()
+            proc.ready_timer = None
+        proc.state = ProcState.READY
+        self._status_dirty = True
+        elapsed_ms = (time.monotonic() - proc.started_mono) * 1000
+        log.info("%s READY (pid %d) in %.1f ms", proc.name, proc.pid, elapsed_ms)
+        if proc is self._broker and self._phase == _Phase.STARTING:
+            self._phase = _Phase.RUNNING
+        self._start_eligible()
+
+    def _on_ready_timeout(self, proc: _Proc) -> None:
+        proc.ready_timer = None
+        if proc.state != ProcState.STARTING or proc.pid is None or proc.stopping:
+            return
+        limit = self.broker_ready_timeout if proc is self._broker else self.ready_timeout
+        proc.reason = f"not ready within {limit:g} s"
+        log.error("%s %s: killing it", proc.tag, proc.reason)
+        kill_group(proc.pid, signal.SIGKILL)
+
+    # ---------------------------------------------------------------------------------------
+    # Exits
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self._by_pid.pop(pid, None)
+            if proc is not None and proc.pid == pid:
+                self._on_exit(proc, status)
+
+    def _on_exit(self, proc: _Proc, status: int) -> None:
+        # Whatever the process reported or printed before it died belongs to this generation.
+        self._read_status(proc, reap_on_eof=False)
+        self._close_status(proc)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.drain()
+                pipe.flush_partial()
+        text = describe_exit(status)
+        if proc.reason:
+            text = f"{text}: {proc.reason}"
+        proc.pid = None
+        proc.create_time = None
+        proc.cancel_timers()
+        code = os.waitstatus_to_exitcode(status)
+        self._after_exit(proc, text, code)
+
+    def _after_exit(self, proc: _Proc, text: str, code: int) -> None:
+        proc.last_exit = text
+        self._status_dirty = True
+        if self._phase in (_Phase.STOPPING, _Phase.DONE):
+            if proc.state != ProcState.FATAL:
+                proc.state = ProcState.STOPPED
+            log.info("%s stopped (%s)", proc.tag, text)
+            self._advance_shutdown()
+            return
+        if proc is self._broker and self._phase == _Phase.STARTING:
+            self._fail(f"broker failed to start: {text}", proc)
+            return
+        if code == ExitCode.CONFIG or proc.fatal_reason is not None:
+            self._set_fatal(proc, text)
+            return
+        decision = proc.tracker.on_exit(time.monotonic())
+        if not decision.restart:
+            proc.last_exit = f"{text}; {decision.fatal_reason}"
+            self._set_fatal(proc, proc.last_exit)
+            return
+        proc.state = ProcState.BACKOFF
+        log.warning("%s exited (%s); restarting in %.2f s", proc.tag, text, decision.delay)
+        proc.restart_timer = self._timers.call_later(decision.delay, lambda: self._restart(proc))
+
+    def _restart(self, proc: _Proc) -> None:
+        if isinstance(proc, _Worker):
+            self._start_worker(proc)
+        else:
+            self._start_broker()
+
+    def _set_fatal(self, proc: _Proc, text: str) -> None:
+        proc.state = ProcState.FATAL
+        self._status_dirty = True
+        log.error("%s is FATAL: %s", proc.name, text)
+        if proc is self._broker:
+            self._fail(f"the broker is FATAL: {text}", None)
+        else:
+            self._start_eligible()
+
+    def _fail(self, message: str, proc: _Proc | None) -> None:
+        """Give up: record the error and stop the whole tree."""
+        details: list[str] = []
+        if proc is not None and proc.stderr is not None:
+            proc.stderr.drain()
+            if proc.stderr.tail:
+                details = [f"{proc.name} stderr: {line}" for line in proc.stderr.tail]
+        if self._error is None:
+            self._error = SupervisorError(message, details)
+        log.error("%s", message)
+        self._begin_shutdown()
+
+    # ---------------------------------------------------------------------------------------
+    # Shutdown
+
+    def _begin_shutdown(self) -> None:
+        if self._phase in (_Phase.STOPPING, _Phase.DONE):
+            return
+        self._phase = _Phase.STOPPING
+        for proc in self._all_procs():
+            if proc.restart_timer is not None:
+                proc.restart_timer.cancel()
+                proc.restart_timer = None
+            if proc.pid is None and proc.state != ProcState.FATAL:
+                proc.state = ProcState.STOPPED
+        self._status_dirty = True
+        self._advance_shutdown()
+
+    def _advance_shutdown(self) -> None:
+        """Stop what can be stopped now: dependents before providers, the broker last."""
+        if self._phase != _Phase.STOPPING:
+            return
+        for worker in reversed(self._start_order):
+            if worker.pid is None or worker.stopping:
+                continue
+            if any(self._by_name[d].pid is not None for d in self._dependents[worker.name]):
+                continue
+            self._terminate(worker)
+        if any(worker.pid is not None for worker in self._workers):
+            return
+        broker = self._broker
+        if broker is not None and broker.pid is not None:
+            if not broker.stopping:
+                self._terminate(broker)
+            return
+        self._phase = _Phase.DONE
+
+    def _terminate(self, proc: _Proc) -> None:
+        assert proc.pid is not None
+        proc.stopping = True
+        log.info("stopping %s (pid %d)", proc.tag, proc.pid)
+        kill_group(proc.pid, signal.SIGTERM)
+        if proc.kill_timer is not None:
+            proc.kill_timer.cancel()
+        proc.kill_timer = self._timers.call_later(self.grace, lambda: self._grace_expired(proc))
+
+    def _grace_expired(self, proc: _Proc) -> None:
+        proc.kill_timer = None
+        if proc.pid is None:
+            return
+        log.warning("%s did not stop within %g s: SIGKILL", proc.tag, self.grace)
+        kill_group(proc.pid, signal.SIGKILL)
+        self._expect_death(proc)
+
+    def _expect_death(self, proc: _Proc) -> None:
+        """After a SIGKILL: give up on the process if it is not reaped within KILL_WAIT."""
+        if proc.kill_timer is not None:
+            proc.kill_timer.cancel()
+        proc.kill_timer = self._timers.call_later(KILL_WAIT, lambda: self._kill_failed(proc))
+
+    def _kill_failed(self, proc: _Proc) -> None:
+        proc.kill_timer = None
+        if proc.pid is None:
+            return
+        log.error("%s (pid %d) survived SIGKILL for %g s; giving up", proc.tag, proc.pid, KILL_WAIT)
+        self._by_pid.pop(proc.pid, None)
+        proc.pid = None
+        self._advance_shutdown()
+
+    def _kill_all(self) -> None:
+        for proc in self._all_procs():
+            if proc.pid is not None:
+                proc.stopping = True
+                kill_group(proc.pid, signal.SIGKILL)
+                self._expect_death(proc)
+
+    def _all_procs(self) -> list[_Proc]:
+        procs: list[_Proc] = list(self._workers)
+        if self._broker is not None:
+            procs.append(self._broker)
+        return procs
+
+    def _teardown(self) -> None:
+        """Leave nothing behind: no process, no pipe, no status file, no temporary directory."""
+        survivors = [proc for proc in self._all_procs() if proc.pid is not None]
+        for proc in survivors:
+            assert proc.pid is not None
+            kill_group(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + KILL_WAIT
+        while self._by_pid and time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                time.sleep(0.01)
+                continue
+            exited = self._by_pid.pop(pid, None)
+            if exited is not None:
+                self._on_exit(exited, status)
+        for proc in self._all_procs():
+            self._close_status(proc)
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.drain()
+                    pipe.flush_partial()
+                    pipe.close()
+        if self._signal_w >= 0:
+            signal.set_wakeup_fd(-1)
+            for sig, handler in self._old_handlers.items():
+                signal.signal(sig, handler)
+            for fd in (self._signal_r, self._signal_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._signal_r = self._signal_w = -1
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+        if self._lock_fd >= 0:  # the status file is ours only while we hold the lock
+            remove_status(self._status_path)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        if self._endpoint_tmpdir is not None:
+            shutil.rmtree(self._endpoint_tmpdir, ignore_errors=True)
+            self._endpoint_tmpdir = None
+        self._master_key[:] = bytes(len(self._master_key))
+        if self._log_handlers:
+            log.info("astrid-supervisor stopped")
+        for log_handler in self._log_handlers:
+            log.removeHandler(log_handler)
+        self._log_handlers = []
+        for sink in self._log_files:
+            sink.close()
+        self._log_files = []
+
+    # ---------------------------------------------------------------------------------------
+    # Status file
+
+    def _flush_status(self) -> None:
+        if not self._status_dirty or self._phase == _Phase.DONE:
+            return
+        self._status_dirty = False
+        try:
+            write_status(self._status_path, self._snapshot())
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self._status_path, exc)
+
+    def _snapshot(self) -> StatusFile:
+        broker = self._broker
+        broker_status = (
+            BrokerStatus(
+                pid=broker.pid,
+                create_time=broker.create_time,
+                state=broker.state or ProcState.STARTING,
+                restarts=broker.restarts,
+                started_at=broker.started_at,
+                last_exit=broker.last_exit,
+            )
+            if broker is not None
+            else BrokerStatus()
+        )
+        return StatusFile(
+            supervisor=SupervisorInfo(
+                pid=self._pid,
+                create_time=self._create_time,
+                started_at=self._started_at,
+                home=str(self.home.root()),
+                workspace=str(self.workspace),
+                endpoint=self._endpoint,
+            ),
+            broker=broker_status,
+            capsules=[
+                CapsuleStatus(
+                    name=worker.name,
+                    dir=str(worker.capsule_dir),
+                    pid=worker.pid,
+                    create_time=worker.create_time,
+                    state=worker.state or ProcState.STARTING,
+                    restarts=worker.restarts,
+                    generation=worker.generation,
+                    started_at=worker.started_at,
+                    last_exit=worker.last_exit,
+                    has_run=worker.has_run,
+                )
+                for worker in self._workers
+            ],
+        )
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """Signal handler: the wakeup fd carries the signal number to the loop."""
+
+
+class _LogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message = f"{message}\n{self.formatException(record.exc_info)}"
+        return f"{utc_timestamp(record.created)} {record.levelname} {message}"
+
+
+class _FdHandler(logging.Handler):
+    """Writes each record to a :class:`_LogFile` (one unbuffered append per record)."""
+
+    def __init__(self, sink: _LogFile) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", errors="backslashreplace")
+            os.write(self.sink.fd, data)
+        except Exception:
+            self.handleError(record)
