@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from astrid_core.dirs import AstridHome
-from broker.capsule_log import CapsuleLog
+from astrid_core.logfile import LogFile
 from broker.kvstore import KvStore
 from broker.sessions import SessionRegistry
 
@@ -18,12 +18,12 @@ class Kernel:
     kv: KvStore
     master_key: bytes = field(repr=False)
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
-    _logs: dict[str, CapsuleLog] = field(default_factory=dict)
+    _logs: dict[str, LogFile] = field(default_factory=dict)
 
-    def capsule_log(self, capsule: str) -> CapsuleLog:
+    def capsule_log(self, capsule: str) -> LogFile:
         log = self._logs.get(capsule)
         if log is None:
-            log = self._logs[capsule] = CapsuleLog(self.home.logs_dir() / f"{capsule}.log")
+            log = self._logs[capsule] = LogFile(self.home.logs_dir() / f"{capsule}.log")
         return log
 
     def global_root(self) -> Path | None:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from astrid_core.logfile import LogFile, capsule_tag
 from astrid_core.manifest import Manifest
 from astrid_core.wire import HelloInfo
-from broker.capsule_log import CapsuleLog
 from broker.gate import CapabilityGate
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class CapsuleSession:
     manifest: Manifest
     config: dict[str, str]
     gate: CapabilityGate
-    log: CapsuleLog
+    log: LogFile
     #: Per-load instance UUID: the ``source_id`` of this capsule's IPC messages.
     uuid: uuid.UUID = field(default_factory=uuid.uuid4)
     ready: bool = False
@@ -64,6 +64,11 @@ class CapsuleSession:
     @property
     def generation(self) -> int:
         return self.info.generation
+
+    @property
+    def tag(self) -> str:
+        """``<capsule>[<generation>]``, as log records name it."""
+        return capsule_tag(self.info.capsule, self.info.generation)
 
     @property
     def namespace(self) -> str:

@@ -31,7 +31,6 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final, TypeVar
@@ -51,6 +50,7 @@ from astrid_core.launch import (
     StatusEvent,
     WorkerLaunch,
 )
+from astrid_core.logfile import LogFile, utc_timestamp
 from astrid_core.wire import HelloInfo, derive_worker_secret
 from supervisor.forking import (
     compile_cache_dir,
@@ -77,7 +77,6 @@ __all__ = [
     "DEFAULT_READY_TIMEOUT",
     "Supervisor",
     "SupervisorError",
-    "utc_timestamp",
 ]
 
 log = logging.getLogger("astrid.supervisor")
@@ -109,12 +108,6 @@ class SupervisorError(Exception):
         super().__init__(message)
         self.message = message
         self.details = list(details)
-
-
-def utc_timestamp(when: float) -> str:
-    """``2025-01-02T03:04:05.678Z``: UTC, millisecond precision."""
-    moment = datetime.fromtimestamp(when, UTC)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
 
 
 def describe_exit(status: int) -> str:
@@ -175,27 +168,6 @@ class _Timers:
 # Logs
 
 
-class _LogFile:
-    """An append-only log file; every line is one ``write`` (no buffer, nothing to lose)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-
-    def write_line(self, stream: str, tag: str, line: str) -> None:
-        record = f"{utc_timestamp(time.time())} {stream} {tag} {line}\n"
-        data = record.encode("utf-8", errors="backslashreplace")
-        try:
-            while data:
-                data = data[os.write(self.fd, data) :]
-        except OSError as exc:
-            log.warning("cannot write to %s: %s", self.path, exc)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-
 class _LogPipe:
     """One child output stream (stdout or stderr) copied line by line into a log file.
 
@@ -203,7 +175,7 @@ class _LogPipe:
     write end, so nothing written around a restart is lost, and no EOF ever has to be handled.
     """
 
-    def __init__(self, stream: str, sink: _LogFile, owner: _Proc, *, keep_tail: bool) -> None:
+    def __init__(self, stream: str, sink: LogFile, owner: _Proc, *, keep_tail: bool) -> None:
         self.stream = stream
         self.sink = sink
         self.owner = owner
@@ -248,7 +220,10 @@ class _LogPipe:
 
     def _emit(self, raw: bytes | bytearray) -> None:
         line = bytes(raw).decode("utf-8", errors="backslashreplace").removesuffix("\r")
-        self.sink.write_line(self.stream, self.owner.tag, line)
+        try:
+            self.sink.write_record(self.stream, self.owner.tag, line)
+        except OSError as exc:
+            log.warning("cannot write to %s: %s", self.sink.path, exc)
         if self.tail is not None:
             self.tail.append(line)
 
@@ -373,7 +348,7 @@ class Supervisor:
         self._signal_r = self._signal_w = -1
         self._old_handlers: dict[int, _SignalHandler] = {}
         self._log_handlers: list[logging.Handler] = []
-        self._log_files: list[_LogFile] = []
+        self._log_files: list[LogFile] = []
         self._master_key = bytearray()
         self._endpoint = ""
         self._endpoint_tmpdir: Path | None = None
@@ -471,8 +446,8 @@ class Supervisor:
         log.propagate = False
         self._log_handlers = handlers
 
-    def _open_log(self, file_name: str) -> _LogFile:
-        sink = _LogFile(self.home.logs_dir() / file_name)
+    def _open_log(self, file_name: str) -> LogFile:
+        sink = LogFile(self.home.logs_dir() / file_name)
         self._log_files.append(sink)
         return sink
 
@@ -1138,15 +1113,15 @@ class _LogFormatter(logging.Formatter):
 
 
 class _FdHandler(logging.Handler):
-    """Writes each record to a :class:`_LogFile` (one unbuffered append per record)."""
+    """Writes each record to a :class:`LogFile` (one unbuffered append per record)."""
 
-    def __init__(self, sink: _LogFile) -> None:
+    def __init__(self, sink: LogFile) -> None:
         super().__init__()
         self.sink = sink
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             data = (self.format(record) + "\n").encode("utf-8", errors="backslashreplace")
-            os.write(self.sink.fd, data)
+            self.sink.write(data)
         except Exception:
             self.handleError(record)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from broker.errors import guard, lossy
 from broker.limits import MAX_LOG_LEVEL_LEN, MAX_LOG_MESSAGE_LEN
 from broker.sessions import CapsuleSession
+
+log = logging.getLogger("astrid.broker")
 
 _LEVELS = {
     "trace": "TRACE",
@@ -26,7 +29,10 @@ def log_level(level: str) -> str:
 def astrid_log(session: CapsuleSession, level: bytes, message: bytes) -> None:
     name = lossy(guard(level, MAX_LOG_LEVEL_LEN))
     text = lossy(guard(message, MAX_LOG_MESSAGE_LEN))
-    session.log.write(log_level(name), session.name, session.generation, text)
+    try:
+        session.log.write_record(log_level(name), session.tag, text)
+    except OSError as exc:  # a full disk must not make the guest trap
+        log.warning("cannot write to %s: %s", session.log.path, exc)
 
 
 def astrid_clock_ms(session: CapsuleSession) -> bytes:

@@ -289,9 +289,9 @@ def test_log_writes_one_line_per_record_with_mapped_levels(env: Syscaller) -> No
         ]
     )
     lines = _log_lines(env)[-3:]
-    assert lines[0].endswith(" WARN  syscaller[1] careful")
-    assert lines[1].endswith(" INFO  syscaller[1] two\\nlines")
-    assert lines[2].endswith(" ERROR syscaller[1] bad \ufffd byte")
+    assert lines[0].endswith(" WARN   syscaller[1] careful")
+    assert lines[1].endswith(" INFO   syscaller[1] two\\nlines")
+    assert lines[2].endswith(" ERROR  syscaller[1] bad \ufffd byte")
 
 
 @pytest.mark.parametrize(
@@ -405,4 +405,4 @@ def test_shim_void_syscalls_trap_synchronously(shim: Syscaller) -> None:
 def test_shim_void_syscalls_run(shim: Syscaller) -> None:
     assert shim.client.call_tool("shim", "log", {}) == ""
     log = (shim.runtime.home / "logs" / "shim.log").read_text().splitlines()
-    assert log[-1].endswith(" WARN  shim[1] from the shim")
+    assert log[-1].endswith(" WARN   shim[1] from the shim")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from astrid_core.logfile import LogFile, capsule_tag, format_record
 from astrid_core.manifest import parse_manifest
-from broker.capsule_log import CapsuleLog, format_record
 from broker.config import MissingConfig, preload_env_file, resolve_config
 from broker.dispatch import build_table, pending_syscalls
 from broker.errors import SyscallError, guard, utf8_error_text
@@ -83,14 +83,17 @@ def test_env_json_is_preloaded_into_kv(kv: KvStore, tmp_path: Path) -> None:
     preload_env_file(kv, "capsule:cfg", tmp_path)  # ignored with a warning
 
 
-def test_capsule_log_lines_are_single_lines(tmp_path: Path) -> None:
-    log = CapsuleLog(tmp_path / "logs" / "cap.log")
-    log.write("INFO", "cap", 2, "two\nlines\r")
+def test_log_records_are_single_lines(tmp_path: Path) -> None:
+    log = LogFile(tmp_path / "logs" / "cap.log")
+    log.write_record("INFO", capsule_tag("cap", 2), "two\nlines\r")
     log.close()
     line = (tmp_path / "logs" / "cap.log").read_text()
-    assert line.endswith(" INFO  cap[2] two\\nlines\\r\n")
+    assert line.endswith(" INFO   cap[2] two\\nlines\\r\n")
     assert line.count("\n") == 1
-    assert format_record("WARN", "c", 1, "m").decode().split(" ", 1)[1] == "WARN  c[1] m\n"
+    assert (
+        format_record("WARN", "c[1]", "m", when=0.5) == b"1970-01-01T00:00:00.500Z WARN   c[1] m\n"
+    )
+    assert format_record("STDERR", "c[1]", "bad \udcff").endswith(b"STDERR c[1] bad \\udcff\n")
 
 
 @pytest.mark.parametrize(
