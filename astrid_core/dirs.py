@@ -11,14 +11,14 @@ resolution.
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+from astrid_core.serde import parse_uuid_strict
 from astrid_core.text import strip_unicode_whitespace
 
-__all__ = ["AstridHome", "HomeResolutionError", "WorkspaceDir", "parse_uuid_strict"]
+__all__ = ["AstridHome", "HomeResolutionError", "WorkspaceDir"]
 
 StrPath = str | os.PathLike[str]
 
@@ -202,34 +202,6 @@ class AstridHome:
         create it.
         """
         return self._root / "run"
-
-
-_HEX = "[0-9a-fA-F]"
-_HYPHENATED = f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
-_UUID_FORMS = re.compile(
-    rf"(?P<simple>{_HEX}{{32}})"
-    rf"|(?P<hyphenated>{_HYPHENATED})"
-    rf"|\{{(?P<braced>{_HYPHENATED})\}}"
-    rf"|urn:uuid:(?P<urn>{_HYPHENATED})"
-)
-
-
-def parse_uuid_strict(s: str) -> uuid.UUID:
-    """Parse a UUID in exactly one of the four forms the reference accepts (spec/core.md §1).
-
-    * 32 hex digits (simple form);
-    * 8-4-4-4-12 hyphenated form (36 characters);
-    * the hyphenated form in braces (38 characters);
-    * ``urn:uuid:`` (lower case only) followed by the hyphenated form (45 characters).
-
-    Hex digits may be in either case. Anything else raises :class:`ValueError`; unlike
-    :class:`uuid.UUID`, no surrounding whitespace, braced simple form or stray hyphen is accepted.
-    """
-    match = _UUID_FORMS.fullmatch(s)
-    if match is None:
-        raise ValueError(f"invalid UUID: {s!r}")
-    digits = next(group for group in match.groups() if group is not None)
-    return uuid.UUID(hex=digits.replace("-", ""))
 
 
 def _is_dir(path: Path) -> bool:

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from astrid_core.dirs import AstridHome, HomeResolutionError, WorkspaceDir, parse_uuid_strict
+from astrid_core.dirs import AstridHome, HomeResolutionError, WorkspaceDir
+from astrid_core.serde import parse_uuid_strict
 
 
 def _mode(path: Path) -> int:
