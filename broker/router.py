@@ -228,9 +228,8 @@ class WorkerRouter:
             pidfd = os.pidfd_open(info.pid)
         except OSError:
             raise HelloRefused(f"no process with pid {info.pid}") from None
-        gate = CapabilityGate(
-            info.capsule, manifest.capabilities, kernel.workspace, kernel.global_root()
-        )
+        global_root = kernel.global_root()
+        gate = CapabilityGate(info.capsule, manifest.capabilities, kernel.workspace, global_root)
         session = CapsuleSession(
             kernel=kernel,
             identity=identity,
@@ -239,6 +238,7 @@ class WorkerRouter:
             config=config,
             gate=gate,
             log=kernel.capsule_log(info.capsule),
+            global_root=global_root,
         )
         for previous in (existing, sessions.by_identity(identity)):
             if previous is not None:

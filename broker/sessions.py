@@ -50,6 +50,9 @@ class CapsuleSession:
     config: dict[str, str]
     gate: CapabilityGate
     log: LogFile
+    #: ``$ASTRID_HOME/shared`` if it existed when the capsule connected (``global://`` is mounted
+    #: at load time only, as in the reference), else None.
+    global_root: Path | None
     #: Per-load instance UUID: the ``source_id`` of this capsule's IPC messages.
     uuid: uuid.UUID = field(default_factory=uuid.uuid4)
     ready: bool = False
