@@ -22,6 +22,15 @@ class Method(enum.StrEnum):
     TOOL_CALL = "tool.call"
     #: Liveness probe. result: ``{"pid": <broker pid>, "capsules": [<connected capsule names>]}``.
     PING = "ping"
+    #: Publish on the bus as the operator. params: ``{"topic", "payload"}`` (payload: any JSON,
+    #: classified like a guest's); result: ``{"topic", "delivered": <subscriptions reached>}``.
+    BUS_PUBLISH = "bus.publish"
+    #: Subscribe to a topic pattern. params: ``{"pattern"}``; result: ``{"subscription": <id>}``.
+    #: Messages then arrive as ``bus.messages`` notifications.
+    BUS_SUBSCRIBE = "bus.subscribe"
+    #: Notification (broker → client): ``{"subscription": <id>, "envelope": {"messages": [...],
+    #: "dropped": n, "lagged": n}}``, the same envelope ``astrid_ipc_poll`` returns.
+    BUS_MESSAGES = "bus.messages"
 
 
 class ErrorCode(enum.IntEnum):

@@ -11,11 +11,21 @@ Every type of ``astrid_core`` that crosses a process boundary converts itself wi
   microseconds, so 9-digit input loses its last three digits;
 * required and optional fields (:class:`Fields`): a missing non-optional key is an error, a
   missing ``Option`` key reads as ``None``, unknown keys are ignored, and ``bool`` is never
-  accepted where a number is expected.
+  accepted where a number is expected;
+* ``f64``: non-finite values are written as ``null`` (:func:`float_to_json`), numbers that
+  overflow to infinity are rejected on input;
+* ``std::time::Duration`` as ``{"secs","nanos"}`` (:func:`duration_to_json`,
+  :func:`duration_from_json`), held in Python as a non-negative :class:`~datetime.timedelta`;
+* unit-only enums as their snake_case string (:func:`str_enum_from_json`);
+* base64 with the standard alphabet and canonical padding (:func:`base64_encode`,
+  :func:`base64_decode_strict`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import enum
 import json
 import math
 import re
@@ -24,7 +34,14 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
+from astrid_core.text import UNICODE_WHITESPACE
+
 T = TypeVar("T")
+E = TypeVar("E", bound=enum.StrEnum)
+
+#: Largest values of Rust's fixed-width unsigned integers, for :func:`to_uint`'s ``maximum``.
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
 
 
 class SerdeError(ValueError):
@@ -41,15 +58,77 @@ def dumps(value: Any) -> str:
 
 
 def loads(text: str | bytes) -> Any:
-    """Parse JSON, rejecting NaN/Infinity like serde_json; raises :class:`SerdeError`."""
+    """Parse JSON like serde_json; raises :class:`SerdeError`.
+
+    ``NaN``/``Infinity`` literals are rejected, and so are numbers too large for an ``f64``
+    (``1e400``), which serde_json reports as "number out of range".
+    """
 
     def reject(constant: str) -> Any:
         raise SerdeError(f"invalid number {constant}")
 
+    def parse_float(literal: str) -> float:
+        result = float(literal)
+        if math.isinf(result):
+            raise SerdeError(f"number out of range: {literal}")
+        return result
+
+    if isinstance(text, bytes | bytearray):
+        try:
+            text = bytes(text).decode("utf-8")  # serde_json reads UTF-8 only: no UTF-16, no BOM
+        except UnicodeDecodeError as exc:
+            raise SerdeError(
+                f"invalid JSON: not UTF-8 ({exc.reason} at byte {exc.start})"
+            ) from None
     try:
-        return json.loads(text, parse_constant=reject)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        value = json.loads(text, parse_constant=reject, parse_float=parse_float)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise SerdeError(f"invalid JSON: {exc}") from None
+    if "\\u" in text and _has_lone_surrogate(value):
+        raise SerdeError("invalid JSON: lone surrogate in a \\u escape")
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a parsed value holds a string with an unpaired UTF-16 surrogate (from an escape;
+    serde_json rejects those, Python would keep a string that cannot be encoded)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+    return False
+
+
+def split_tagged(value: Any, what: str, tags: tuple[str, ...]) -> tuple[str, Any]:
+    """Split serde's externally tagged enum form into ``(tag, content)``.
+
+    A bare string is a unit variant (content ``None``); otherwise the value must be an object
+    with exactly one key, the variant name.
+    """
+    if isinstance(value, str):
+        tag, content = value, None
+    elif isinstance(value, dict):
+        if len(value) != 1:
+            raise SerdeError(
+                f"{what}: expected a variant name or an object with exactly one key, "
+                f"got an object with {len(value)} keys"
+            )
+        ((tag, content),) = value.items()
+    else:
+        raise SerdeError(f"{what}: expected a variant name or a single-key object")
+    if tag not in tags:
+        expected = ", ".join(f"`{name}`" for name in tags)
+        raise SerdeError(f"{what}: unknown variant `{tag}`, expected one of {expected}")
+    return tag, content
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,17 +181,26 @@ def uuid_to_json(value: uuid.UUID) -> str:
 # ---------------------------------------------------------------------------------------------
 # Timestamps
 
+_WS = f"[{re.escape(UNICODE_WHITESPACE)}]*"
+# chrono's relaxed RFC 3339 (``DateTime<FixedOffset>::from_str``): whitespace may precede every
+# number and literal; fields need not be zero-padded (1-2 digits, years 1-4 digits or signed);
+# exactly one ``T``/``t``/space follows the day; a fraction has at least one digit; the offset
+# is ``UTC`` (any case), ``Z``/``z`` or a sign (``+``, ``-``, U+2212) with two-digit hours and
+# minutes separated by any run of colons and whitespace; trailing whitespace is ignored.
+# Digits are ASCII only.
 _RFC3339 = re.compile(
-    r"\s*(?P<date>\d{4}-\d{2}-\d{2})\s*[Tt ]\s*(?P<h>\d{2}):(?P<m>\d{2}):(?P<s>\d{2})"
-    r"(?:\.(?P<frac>\d+))?\s*(?P<offset>[Zz]|UTC|[+-]\d{2}:?\d{2})\s*"
+    rf"{_WS}(?P<year>[+-][0-9]+|[0-9]{{1,4}}){_WS}-{_WS}(?P<month>[0-9]{{1,2}})"
+    rf"{_WS}-{_WS}(?P<day>[0-9]{{1,2}})[Tt ]"
+    rf"{_WS}(?P<hour>[0-9]{{1,2}}){_WS}:{_WS}(?P<minute>[0-9]{{1,2}})"
+    rf"{_WS}:{_WS}(?P<second>[0-9]{{1,2}})(?:\.(?P<frac>[0-9]+))?{_WS}"
+    rf"(?:[Uu][Tt][Cc]|[Zz]|(?P<sign>[-+\u2212])(?P<oh>[0-9]{{2}})"
+    rf"[:{re.escape(UNICODE_WHITESPACE)}]*(?P<om>[0-5][0-9])){_WS}"
 )
 
 
 def format_datetime(value: datetime) -> str:
     """RFC 3339 in UTC with ``Z`` and as many fractional digits as needed (0, 3, 6 or 9)."""
-    if value.tzinfo is None:
-        raise ValueError("timestamps must be timezone-aware")
-    value = value.astimezone(UTC)
+    value = aware_utc(value)
     text = f"{value.year:04d}-{value:%m-%dT%H:%M:%S}"
     micros = value.microsecond
     if micros == 0:
@@ -125,40 +213,42 @@ def format_datetime(value: datetime) -> str:
 
 
 def parse_datetime(text: str) -> datetime:
-    """chrono's relaxed RFC 3339 (``T``, ``t`` or a space; any number of fractional digits; a
-    mandatory offset ``Z``/``z``/``UTC``/``±HH:MM``/``±HHMM``), converted to UTC.
+    """chrono's relaxed RFC 3339, converted to an aware UTC datetime.
 
-    Raises :class:`ValueError`.
+    Accepted: ``T``, ``t`` or a space between date and time; whitespace between components;
+    unpadded fields; any number of fractional digits (truncated to microseconds); a mandatory
+    offset ``Z``/``z``/``UTC``/``±HH:MM``/``±HHMM``. Naive timestamps, non-ASCII digits, leap
+    seconds (``:60``, which chrono accepts but :class:`datetime` cannot hold) and dates outside
+    years 1-9999 raise :class:`ValueError`.
     """
     match = _RFC3339.fullmatch(text)
     if match is None:
         raise ValueError(f"invalid RFC 3339 timestamp {text!r}")
-    fraction = (match["frac"] or "")[:6].ljust(6, "0")
-    offset = match["offset"]
-    if offset in ("Z", "z", "UTC"):
+    if match["sign"] is None:
         zone: timezone = UTC
     else:
-        sign = -1 if offset[0] == "-" else 1
-        digits = offset[1:].replace(":", "")
-        hours, minutes = int(digits[:2]), int(digits[2:])
-        if hours > 23 or minutes > 59:
+        hours, minutes = int(match["oh"]), int(match["om"])
+        if hours > 23:
             raise ValueError(f"invalid UTC offset in {text!r}")
-        zone = timezone(sign * timedelta(hours=hours, minutes=minutes))
+        offset = timedelta(hours=hours, minutes=minutes)
+        zone = timezone(offset if match["sign"] == "+" else -offset)
+    if int(match["second"]) == 60:
+        raise ValueError(f"leap seconds are not supported: {text!r}")
+    fraction = (match["frac"] or "")[:6].ljust(6, "0")
     try:
-        year, month, day = (int(part) for part in match["date"].split("-"))
         local = datetime(
-            year,
-            month,
-            day,
-            int(match["h"]),
-            int(match["m"]),
-            int(match["s"]),
+            int(match["year"]),
+            int(match["month"]),
+            int(match["day"]),
+            int(match["hour"]),
+            int(match["minute"]),
+            int(match["second"]),
             int(fraction),
             tzinfo=zone,
         )
-    except ValueError as exc:
+        return local.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         raise ValueError(f"invalid RFC 3339 timestamp {text!r}: {exc}") from None
-    return local.astimezone(UTC)
 
 
 def datetime_from_json(value: Any, what: str = "timestamp") -> datetime:
@@ -172,6 +262,19 @@ def datetime_from_json(value: Any, what: str = "timestamp") -> datetime:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def aware_utc(value: datetime, what: str = "timestamp") -> datetime:
+    """``value`` converted to UTC; for ``__post_init__`` checks of ``DateTime<Utc>`` fields.
+
+    Raises :class:`ValueError` for a naive datetime (it has no defined instant) and
+    :class:`TypeError` for anything that is not a :class:`datetime`.
+    """
+    if not isinstance(value, datetime):
+        raise TypeError(f"{what} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware")
+    return value.astimezone(UTC)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +349,10 @@ class Fields:
     def get_datetime(self, key: str) -> datetime:
         return self.get(key, datetime_from_json)
 
+    def number(self, key: str) -> float:
+        """An ``f64``: any finite JSON number (integers included), never a boolean."""
+        return self.get(key, to_float)
+
 
 def to_str(value: Any, what: str) -> str:
     if not isinstance(value, str):
@@ -269,21 +376,113 @@ def to_uint(value: Any, what: str, maximum: int = 2**64 - 1) -> int:
 
 
 def to_float(value: Any, what: str) -> float:
+    """An ``f64``; integers are accepted (serde_json does), booleans and non-finite values not."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SerdeError(f"{what} must be a number, got {_kind(value)}")
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:
+        raise SerdeError(f"{what}: number out of range") from None
     if not math.isfinite(result):
         raise SerdeError(f"{what} must be finite")
     return result
 
 
-def to_str_list(value: Any, what: str) -> list[str]:
+def to_list(value: Any, what: str, item: Callable[[Any, str], T]) -> list[T]:
+    """A JSON array whose elements are converted by ``item`` (named ``what[index]``)."""
     if not isinstance(value, list):
         raise SerdeError(f"{what} must be an array, got {_kind(value)}")
-    return [to_str(item, f"{what}[{index}]") for index, item in enumerate(value)]
+    return [item(element, f"{what}[{index}]") for index, element in enumerate(value)]
+
+
+def to_str_list(value: Any, what: str) -> list[str]:
+    return to_list(value, what, to_str)
 
 
 def to_str_map(value: Any, what: str) -> dict[str, str]:
     if not isinstance(value, Mapping):
         raise SerdeError(f"{what} must be an object, got {_kind(value)}")
     return {key: to_str(item, f"{what}.{key}") for key, item in value.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Durations (``std::time::Duration``)
+
+_NANOS_PER_SEC = 1_000_000_000
+
+
+def duration_to_json(value: timedelta) -> dict[str, int]:
+    """``{"secs": <u64>, "nanos": <u32>}``; ``value`` must not be negative."""
+    if value < timedelta(0):
+        raise ValueError(f"a Duration cannot be negative: {value!r}")
+    return {
+        "secs": value.days * 86_400 + value.seconds,
+        "nanos": value.microseconds * 1_000,
+    }
+
+
+def duration_from_json(value: Any, what: str = "Duration") -> timedelta:
+    """serde's ``Duration``: an object with exactly the keys ``secs`` (u64) and ``nanos`` (u32).
+
+    Unknown keys are rejected (serde's Duration visitor is the one place that does so), and
+    ``nanos`` of a second or more carries into ``secs``. A :class:`timedelta` holds
+    microseconds, so the last three digits of ``nanos`` are truncated; durations beyond
+    :attr:`timedelta.max` (about 2.7 million years) raise :class:`SerdeError`.
+    """
+    if not isinstance(value, Mapping):
+        raise SerdeError(f"{what} must be a JSON object, got {_kind(value)}")
+    for key in value:
+        if key not in ("secs", "nanos"):
+            raise SerdeError(f"{what}: unknown field `{key}`, expected `secs` or `nanos`")
+    fields = Fields(value, what)
+    secs = fields.uint("secs", U64_MAX)
+    nanos = fields.uint("nanos", U32_MAX)
+    secs += nanos // _NANOS_PER_SEC
+    if secs > U64_MAX:
+        raise SerdeError(f"{what}: overflow deserializing Duration")
+    try:
+        return timedelta(seconds=secs, microseconds=(nanos % _NANOS_PER_SEC) // 1_000)
+    except OverflowError:
+        raise SerdeError(f"{what}: {secs} seconds is too large for a timedelta") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers, enums, base64
+
+
+def float_to_json(value: float) -> float | None:
+    """An ``f64`` as serde_json writes it: ``null`` when NaN or infinite, else the float."""
+    result = float(value)
+    return result if math.isfinite(result) else None
+
+
+def str_enum_from_json(cls: type[E], value: Any, what: str) -> E:
+    """A unit-only enum from its serialized string; unknown variants name the valid ones."""
+    if not isinstance(value, str):
+        raise SerdeError(f"{what} must be a string, got {_kind(value)}")
+    try:
+        return cls(value)
+    except ValueError:
+        expected = ", ".join(f"`{member.value}`" for member in cls)
+        raise SerdeError(f"{what}: unknown variant `{value}`, expected one of {expected}") from None
+
+
+def base64_encode(data: bytes) -> str:
+    """Standard alphabet with ``=`` padding (the base64 crate's ``STANDARD`` engine)."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def base64_decode_strict(text: str) -> bytes:
+    """Decode like the base64 crate's ``STANDARD`` engine; raises :class:`ValueError`.
+
+    Only the canonical encoding is accepted: standard alphabet, exact ``=`` padding, zero
+    trailing bits, no whitespace or other characters. :func:`base64.b64decode` checks neither
+    the padding length nor the trailing bits, so the result is re-encoded and compared.
+    """
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("invalid base64") from None
+    if base64_encode(data) != text:
+        raise ValueError("invalid base64: not the canonical encoding")
+    return data

@@ -6,6 +6,10 @@ not characters; these helpers give Python the same byte-oriented behaviour.
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Iterable
+from typing import Final
+
 __all__ = [
     "UNICODE_WHITESPACE",
     "lossy_utf8",
@@ -50,3 +54,54 @@ def lossy_utf8(data: bytes | bytearray | memoryview) -> str:
 def strip_unicode_whitespace(s: str) -> str:
     """Strip leading and trailing Unicode ``White_Space`` characters (Rust's ``str::trim``)."""
     return s.strip(UNICODE_WHITESPACE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rust's Debug quoting (error texts of the reference quote values with {:?})
+
+# Rust's `{:?}` of str and char, used verbatim in the capsule-id messages: `\0 \t \r \n \\` and
+# the quote are backslash-escaped; grapheme extenders and non-printable characters (general
+# categories C*, Z* except the space) become `\u{hex}`.
+_GRAPHEME_EXTEND_CATEGORIES: Final = frozenset({"Mn", "Me"})
+#: Unicode's Other_Grapheme_Extend code points (Grapheme_Extend = Mn + Me + these).
+_OTHER_GRAPHEME_EXTEND: Final = frozenset(
+    (
+        *(0x09BE, 0x09D7, 0x0B3E, 0x0B57, 0x0BBE, 0x0BD7, 0x0CC2, 0x0CD5, 0x0CD6, 0x0D3E),
+        *(0x0D57, 0x0DCF, 0x0DDF, 0x1B35, 0x200C, 0x302E, 0x302F, 0xFF9E, 0xFF9F, 0x1133E),
+        *(0x11357, 0x114B0, 0x114BD, 0x115AF, 0x11930, 0x1D165),
+        *range(0x1D16E, 0x1D173),
+        *range(0xE0020, 0xE0080),
+    )
+)
+_NON_PRINTABLE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
+_BACKSLASH_ESCAPES: Final = {"\0": "\\0", "\t": "\\t", "\r": "\\r", "\n": "\\n", "\\": "\\\\"}
+
+
+def _escape_debug(char: str, quote: str) -> str:
+    if char in _BACKSLASH_ESCAPES:
+        return _BACKSLASH_ESCAPES[char]
+    if char == quote:
+        return "\\" + char
+    category = unicodedata.category(char)
+    if (
+        category in _GRAPHEME_EXTEND_CATEGORIES
+        or ord(char) in _OTHER_GRAPHEME_EXTEND
+        or (category in _NON_PRINTABLE_CATEGORIES and char != " ")
+    ):
+        return f"\\u{{{ord(char):x}}}"
+    return char
+
+
+def rust_debug_str(s: str) -> str:
+    """``s`` quoted like Rust's ``{:?}`` of a ``&str``: ``"a\\"b\\n"``."""
+    return '"' + "".join(_escape_debug(char, '"') for char in s) + '"'
+
+
+def rust_debug_char(char: str) -> str:
+    """``char`` quoted like Rust's ``{:?}`` of a ``char``: ``'x'``."""
+    return "'" + _escape_debug(char, "'") + "'"
+
+
+def rust_debug_list(items: Iterable[str]) -> str:
+    """Strings like Rust's ``{:?}`` of a ``Vec<String>``: ``[\"a\", \"b\"]``."""
+    return "[" + ", ".join(rust_debug_str(item) for item in items) + "]"

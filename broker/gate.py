@@ -17,6 +17,7 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 
 from astrid_core.manifest import Capabilities
+from astrid_core.text import rust_debug_list
 
 __all__ = [
     "IDENTITY_LEVELS",
@@ -53,31 +54,6 @@ class GateDenied(Exception):
 
     def __str__(self) -> str:
         return self.reason
-
-
-def rust_debug_list(items: Iterable[str]) -> str:
-    """Format strings like Rust's ``{:?}`` of a ``Vec<String>``: ``["a", "b"]``."""
-
-    def quote(s: str) -> str:
-        out = []
-        for ch in s:
-            if ch in ('"', "\\"):
-                out.append("\\" + ch)
-            elif ch == "\n":
-                out.append("\\n")
-            elif ch == "\r":
-                out.append("\\r")
-            elif ch == "\t":
-                out.append("\\t")
-            elif ch == "\0":
-                out.append("\\0")
-            elif not ch.isprintable():
-                out.append(f"\\u{{{ord(ch):x}}}")
-            else:
-                out.append(ch)
-        return '"' + "".join(out) + '"'
-
-    return "[" + ", ".join(quote(s) for s in items) + "]"
 
 
 def url_host(url: str) -> str | None:
