@@ -1,8 +1,10 @@
 """A capsule's configuration: what ``astrid_get_config`` returns (kernel.md §1.8).
 
-Resolved when the capsule connects: ``ASTRID_SOCKET_PATH`` plus every ``[env.<KEY>]`` of the
-manifest, taken from the capsule's KV (where ``.env.json`` in the capsule directory is pre-loaded
-on every load), else from the manifest default. Every value is stored as a string and handed to
+Resolved when the capsule connects: ``ASTRID_SOCKET_PATH`` (for a capsule whose ``net_bind``
+entries name socket paths, the first of them: the path it may bind, DESIGN §6.2; otherwise the
+broker's ``sessions/system.sock``) plus every ``[env.<KEY>]`` of the manifest, taken from the
+capsule's KV (where ``.env.json`` in the capsule directory is pre-loaded on every load), else
+from the manifest default. Every value is stored as a string and handed to
 the guest JSON-encoded.
 """
 
@@ -13,6 +15,7 @@ import logging
 from pathlib import Path
 
 from astrid_core.manifest import Manifest
+from broker.capsule_net import allowed_socket_paths
 from broker.kvstore import KvStore, StorageError
 
 log = logging.getLogger("astrid.broker")
@@ -58,10 +61,21 @@ def _default_text(value: object) -> str:
 
 
 def resolve_config(
-    manifest: Manifest, kv: KvStore, namespace: str, socket_path: Path
+    manifest: Manifest,
+    kv: KvStore,
+    namespace: str,
+    socket_path: Path,
+    home_root: Path | None = None,
 ) -> dict[str, str]:
-    """Resolve the capsule's config; raises :class:`MissingConfig` naming what is missing."""
-    config = {SOCKET_PATH_KEY: str(socket_path)}
+    """Resolve the capsule's config; raises :class:`MissingConfig` naming what is missing.
+
+    ``socket_path`` is the broker's ``sessions/system.sock``; ``home_root`` (``$ASTRID_HOME``,
+    against which relative ``net_bind`` entries resolve) defaults to that socket's home, i.e.
+    ``socket_path.parent.parent``.
+    """
+    root = socket_path.parent.parent if home_root is None else home_root
+    bindable = allowed_socket_paths(manifest.capabilities.net_bind, root)
+    config = {SOCKET_PATH_KEY: str(bindable[0] if bindable else socket_path)}
     missing: list[str] = []
     for key, definition in manifest.env.items():
         if key in RESERVED_KEYS:
