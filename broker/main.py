@@ -20,9 +20,13 @@ from setproctitle import setproctitle
 from astrid_core.dirs import AstridHome
 from astrid_core.launch import BrokerLaunch, Event, ExitCode, StatusEvent
 from broker.clients import ClientServer, SocketUnavailable
+from broker.cron import CronScheduler
+from broker.hooks import InterceptorDispatcher
+from broker.identity_store import IdentityStore
 from broker.kernel import Kernel
 from broker.kvstore import KvStore
 from broker.router import WorkerRouter
+from broker.tools import ToolRequests
 
 log = logging.getLogger("astrid.broker")
 
@@ -38,13 +42,20 @@ async def serve(launch: BrokerLaunch) -> int:
     home = AstridHome.from_path(Path(launch.home))
     home.ensure()
     kernel = Kernel(home, Path(launch.workspace), KvStore(home.state_db_path()), launch.master_key)
+    kernel.service(IdentityStore)  # the root user and its cli/local link (kernel.md §3.2 step 10)
     loop = asyncio.get_running_loop()
     router = WorkerRouter(kernel, launch.endpoint)
+    kernel.invoker = router
+    InterceptorDispatcher(kernel)
+    ToolRequests(kernel)
     router.start(loop)
-    clients = ClientServer(kernel, router)
+    cron = kernel.service(CronScheduler)
+    cron.start()
+    clients = ClientServer(kernel)
     try:
         await clients.start()
     except (SocketUnavailable, OSError) as exc:
+        await cron.aclose()
         router.close()
         kernel.close()
         _report(launch.status_fd, StatusEvent(Event.FAILED, str(exc), fatal=True))
@@ -60,6 +71,7 @@ async def serve(launch: BrokerLaunch) -> int:
 
     log.info("broker stopping")
     await clients.close()
+    await cron.aclose()
     router.close()
     kernel.close()
     return int(ExitCode.OK)
