@@ -31,6 +31,17 @@ class Method(enum.StrEnum):
     #: Notification (broker → client): ``{"subscription": <id>, "envelope": {"messages": [...],
     #: "dropped": n, "lagged": n}}``, the same envelope ``astrid_ipc_poll`` returns.
     BUS_MESSAGES = "bus.messages"
+    #: Pending approval requests. result: ``{"approvals": [{"request_id", "capsule", "action",
+    #: "resource", "risk_level", "reason", "created_at"}]}``.
+    APPROVALS_LIST = "approvals.list"
+    #: Answer one. params: ``{"request_id", "decision": approve|approve_session|approve_always|
+    #: deny, "reason"?}``; result: ``{"request_id", "decision"}``.
+    APPROVALS_ANSWER = "approvals.answer"
+    #: Pending elicitations. result: ``{"elicitations": [{"request_id", "capsule", "field",
+    #: "created_at"}]}`` (``field``: key, prompt, description?, field_type, default?).
+    ELICITATIONS_LIST = "elicitations.list"
+    #: Answer one. params: ``{"request_id", "value"?, "values"?}`` (neither = cancel).
+    ELICITATIONS_ANSWER = "elicitations.answer"
 
 
 class ErrorCode(enum.IntEnum):

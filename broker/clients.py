@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -31,9 +30,14 @@ from astrid_core.session import (
     server_handshake,
     write_frame,
 )
+from broker.bus import BusMessage, Subscription
+from broker.capsule_ipc import MAX_PUBLISH_BYTES, MAX_SUBSCRIPTIONS
+from broker.errors import SyscallError
+from broker.ipc_payload import classify
 from broker.kernel import Kernel
-from broker.router import WorkerRouter
 from broker.sessions import InvocationFailed
+from broker.syscalls.ipc import MAX_TOPIC_LEN, check_pattern_shape, check_topic_shape
+from broker.tools import ToolUnavailable, call_tool, check_callable
 
 log = logging.getLogger("astrid.broker")
 
@@ -77,10 +81,64 @@ def prepare_socket_path(home: AstridHome) -> Path:
     return path
 
 
+def _invalid(message: str) -> RpcError:
+    return RpcError(ErrorCode.INVALID_PARAMS, message)
+
+
+class _Connection:
+    """One authenticated client: its identity on the bus and its subscriptions."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.session_id = uuid.uuid4()
+        self.caller: dict[str, Any] = {"session_id": str(self.session_id), "user_id": None}
+        self.subscriptions: dict[int, Subscription] = {}
+        self._next_subscription = 1
+        self._lock = asyncio.Lock()
+        self._forwarders: set[asyncio.Task[None]] = set()
+
+    async def send(self, payload: bytes) -> None:
+        """Write one frame (responses and notifications share the stream)."""
+        async with self._lock:
+            await write_frame(self.writer, payload)
+
+    def subscribe(self, subscription: Subscription) -> int:
+        number = self._next_subscription
+        self._next_subscription += 1
+        self.subscriptions[number] = subscription
+        task = asyncio.ensure_future(self._forward(number, subscription))
+        self._forwarders.add(task)
+        task.add_done_callback(self._forwarders.discard)
+        return number
+
+    async def _forward(self, number: int, subscription: Subscription) -> None:
+        """Push what the subscription receives as ``bus.messages`` notifications."""
+        try:
+            while not subscription.closed:
+                first = await subscription.wait(3600.0)
+                if first is None and not subscription.queue:
+                    continue
+                envelope = subscription.drain(first=first).envelope().decode()
+                await self.send(
+                    (
+                        f'{{"jsonrpc":"2.0","method":"{Method.BUS_MESSAGES}",'
+                        f'"params":{{"subscription":{number},"envelope":{envelope}}}}}'
+                    ).encode()
+                )
+        except (ConnectionError, OSError):
+            subscription.close()
+
+    def close(self) -> None:
+        for subscription in self.subscriptions.values():
+            subscription.close()
+        self.subscriptions.clear()
+        for task in list(self._forwarders):
+            task.cancel()
+
+
 class ClientServer:
-    def __init__(self, kernel: Kernel, router: WorkerRouter) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
-        self.router = router
         self.token = SessionToken.generate()
         self._server: asyncio.Server | None = None
         self._path: Path | None = None
@@ -121,16 +179,19 @@ class ClientServer:
                 return
             if not await server_handshake(reader, writer, self.token):
                 return
-            client = {"session_id": str(uuid.uuid4()), "user_id": None}
-            while True:
-                try:
-                    payload = await read_frame(reader, MAX_SERVER_FRAME)
-                except FrameError as exc:
-                    log.warning("closing a client connection: %s", exc)
-                    break
-                response = await self._respond(payload, client)
-                if response is not None:
-                    await write_frame(writer, response)
+            connection = _Connection(writer)
+            try:
+                while True:
+                    try:
+                        payload = await read_frame(reader, MAX_SERVER_FRAME)
+                    except FrameError as exc:
+                        log.warning("closing a client connection: %s", exc)
+                        break
+                    response = await self._respond(payload, connection)
+                    if response is not None:
+                        await connection.send(response)
+            finally:
+                connection.close()
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
         except asyncio.CancelledError:
@@ -140,12 +201,12 @@ class ClientServer:
                 self._connections.discard(task)
             writer.close()
 
-    async def _respond(self, payload: bytes, client: dict[str, Any]) -> bytes | None:
+    async def _respond(self, payload: bytes, connection: _Connection) -> bytes | None:
         request_id: int | str | None = None
         try:
             request = rpc.decode_request(payload)
             request_id = request.id
-            result = await self._dispatch(request, client)
+            result = await self._dispatch(request, connection)
         except RpcError as exc:
             return rpc.encode_error(request_id, exc.code, exc.message)
         except Exception as exc:
@@ -155,12 +216,51 @@ class ClientServer:
             return None  # a notification
         return rpc.encode_result(request_id, result)
 
-    async def _dispatch(self, request: rpc.Request, client: dict[str, Any]) -> Any:
+    async def _dispatch(self, request: rpc.Request, connection: _Connection) -> Any:
         if request.method == Method.PING:
             return {"pid": os.getpid(), "capsules": self.kernel.sessions.names()}
         if request.method == Method.TOOL_CALL:
-            return await self._tool_call(request.params, client)
+            return await self._tool_call(request.params, connection.caller)
+        if request.method == Method.BUS_PUBLISH:
+            return self._publish(request.params, connection)
+        if request.method == Method.BUS_SUBSCRIBE:
+            return self._subscribe(request.params, connection)
         raise RpcError(ErrorCode.METHOD_NOT_FOUND, f"unknown method '{request.method}'")
+
+    def _publish(self, params: dict[str, Any], connection: _Connection) -> Any:
+        topic = params.get("topic")
+        if not isinstance(topic, str) or "payload" not in params:
+            raise RpcError(ErrorCode.INVALID_PARAMS, "bus.publish needs 'topic' and 'payload'")
+        if len(topic.encode()) > MAX_TOPIC_LEN:
+            raise RpcError(
+                ErrorCode.INVALID_PARAMS, "Topic exceeds maximum allowed length (256 bytes)"
+            )
+        try:
+            check_topic_shape(topic)
+        except SyscallError as exc:
+            raise RpcError(ErrorCode.INVALID_PARAMS, exc.text) from None
+        message = BusMessage(topic, classify(params["payload"]), connection.session_id)
+        if message.payload_size > MAX_PUBLISH_BYTES:
+            raise RpcError(ErrorCode.INVALID_PARAMS, "Payload too large")
+        return {"topic": topic, "delivered": self.kernel.bus.publish(message)}
+
+    def _subscribe(self, params: dict[str, Any], connection: _Connection) -> Any:
+        pattern = params.get("pattern")
+        if not isinstance(pattern, str):
+            raise RpcError(ErrorCode.INVALID_PARAMS, "bus.subscribe needs a 'pattern' string")
+        if len(pattern.encode()) > MAX_TOPIC_LEN:
+            raise RpcError(
+                ErrorCode.INVALID_PARAMS, "Topic pattern exceeds maximum allowed length (256 bytes)"
+            )
+        try:
+            check_pattern_shape(pattern)
+        except SyscallError as exc:
+            raise RpcError(ErrorCode.INVALID_PARAMS, exc.text) from None
+        if len(connection.subscriptions) >= MAX_SUBSCRIPTIONS:
+            raise RpcError(
+                ErrorCode.INVALID_PARAMS, "Subscription limit reached (128 max per client)"
+            )
+        return {"subscription": connection.subscribe(self.kernel.bus.subscribe(pattern))}
 
     async def _tool_call(self, params: dict[str, Any], client: dict[str, Any]) -> Any:
         capsule, tool = params.get("capsule"), params.get("tool")
@@ -170,24 +270,12 @@ class ClientServer:
         session = self.kernel.sessions.by_name(capsule)
         if session is None:
             raise RpcError(ErrorCode.CAPSULE_UNAVAILABLE, f"capsule '{capsule}' is not running")
-        if session.info.has_run:
-            raise RpcError(
-                ErrorCode.NOT_INVOCABLE,
-                f"capsule '{capsule}' is a run-loop capsule; it exposes no callable tools",
-            )
-        declared = [t.name for t in session.manifest.tools]
-        if tool not in declared:
-            raise RpcError(
-                ErrorCode.NOT_INVOCABLE,
-                f"capsule '{capsule}' declares no tool '{tool}' "
-                f"(declared: {', '.join(declared) or 'none'})",
-            )
-        argument_bytes = json.dumps(arguments, separators=(",", ":"), ensure_ascii=False).encode()
-        tool_input = json.dumps(
-            {"name": tool, "arguments": list(argument_bytes)}, separators=(",", ":")
-        ).encode()
         try:
-            output = await self.router.invoke(session, "astrid_tool_call", tool_input, client)
+            check_callable(session, tool)
+        except ToolUnavailable as exc:
+            raise RpcError(ErrorCode.NOT_INVOCABLE, str(exc)) from None
+        try:
+            output = await call_tool(self.kernel, session, tool, arguments, client)
         except InvocationFailed as exc:
             raise RpcError(ErrorCode.TRAP, f"astrid_tool_call failed: {exc.text}") from None
         return {"output": output.decode("utf-8", "replace")}

@@ -20,11 +20,13 @@ import zmq
 from astrid_core import wire
 from astrid_core.manifest import ManifestError, load_manifest, validate_capsule_id
 from astrid_core.wire import Answer, Call, Hello, Status
+from broker.capsule_ipc import CapsuleIpc, TooManyInterceptors
 from broker.config import MissingConfig, preload_env_file, resolve_config
 from broker.dispatch import build_table
 from broker.errors import SyscallError
 from broker.gate import CapabilityGate
 from broker.kernel import Kernel
+from broker.lifecycle_hooks import VersionStore, lifecycle_call
 from broker.sessions import CapsuleSession, Invocation, InvocationFailed
 
 log = logging.getLogger("astrid.broker")
@@ -182,7 +184,10 @@ class WorkerRouter:
             log.warning("refused a hello for capsule '%s': %s", hello.info.capsule, exc)
             self.send(identity, wire.encode_error(hello.seq, f"hello refused: {exc}"))
             return
-        welcome = {"capsule_uuid": str(session.uuid), "broker_pid": os.getpid()}
+        welcome: dict[str, Any] = {"capsule_uuid": str(session.uuid), "broker_pid": os.getpid()}
+        lifecycle = self._start_lifecycle(session)
+        if lifecycle is not None:
+            welcome["lifecycle"] = lifecycle
         self.send(identity, wire.encode_reply(hello.seq, Status.OK, wire.encode_welcome(welcome)))
         log.info(
             "capsule '%s' connected (generation %d, pid %d)",
@@ -221,7 +226,9 @@ class WorkerRouter:
         namespace = f"capsule:{info.capsule}"
         preload_env_file(kernel.kv, namespace, capsule_dir)
         try:
-            config = resolve_config(manifest, kernel.kv, namespace, kernel.home.socket_path())
+            config = resolve_config(
+                manifest, kernel.kv, namespace, kernel.home.socket_path(), kernel.home.root()
+            )
         except MissingConfig as exc:
             raise HelloRefused(str(exc)) from None
         try:
@@ -240,22 +247,62 @@ class WorkerRouter:
             log=kernel.capsule_log(info.capsule),
             global_root=global_root,
         )
+        if info.has_run and manifest.interceptors:
+            try:
+                session.extension(CapsuleIpc).subscribe_interceptors()
+            except TooManyInterceptors as exc:
+                session.close_extensions()
+                os.close(pidfd)
+                raise HelloRefused(str(exc)) from None
         for previous in (existing, sessions.by_identity(identity)):
             if previous is not None:
                 self.close_session(previous, f"capsule '{previous.name}' was replaced")
         sessions.add(session)
+        for hook in kernel.on_connect:
+            hook(session)
         self._pidfds[session] = pidfd
         assert self._loop is not None
         self._loop.add_reader(pidfd, self._worker_exited, session)
         return session
+
+    def _start_lifecycle(self, session: CapsuleSession) -> dict[str, Any] | None:
+        """Announce the install/upgrade hook the worker must run first, if one is due.
+
+        The hook becomes the capsule's current invocation (so elicitation is allowed during it
+        and later invocations queue behind it); its answer records the installed version.
+        """
+        versions = self.kernel.service(VersionStore)
+        version = session.manifest.package.version
+        call = lifecycle_call(versions.installed(session.name), version)
+        if call is None:
+            return None
+        assert self._loop is not None
+        self._invoke_seq += 1
+        invocation = Invocation(call.export, call.input, {}, self._loop.create_future())
+        invocation.seq = self._invoke_seq
+        session.current = invocation
+
+        def finished(future: asyncio.Future[bytes]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                return
+            versions.record(session.name, version)
+            log.info("capsule '%s' %s %s done", session.name, call.export, version)
+
+        invocation.future.add_done_callback(finished)
+        return {"seq": invocation.seq, "export": call.export, "input": call.input}
 
     def _worker_exited(self, session: CapsuleSession) -> None:
         log.info("capsule '%s' (generation %d) exited", session.name, session.generation)
         self.close_session(session, f"capsule '{session.name}' stopped: its worker exited")
 
     def close_session(self, session: CapsuleSession, reason: str) -> None:
+        if session.closed:
+            return
         session.closed = True
         self.kernel.sessions.remove(session)
+        session.close_extensions()
+        for hook in self.kernel.on_disconnect:
+            hook(session)
         pidfd = self._pidfds.pop(session, None)
         if pidfd is not None:
             if self._loop is not None:

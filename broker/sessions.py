@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from astrid_core.logfile import LogFile, capsule_tag
 from astrid_core.manifest import Manifest
@@ -22,6 +22,23 @@ from broker.gate import CapabilityGate
 
 if TYPE_CHECKING:
     from broker.kernel import Kernel
+
+
+class SessionExtension:
+    """Per-capsule state of one syscall group (subscriptions, uplinks, processes, ...).
+
+    Created on first use by :meth:`CapsuleSession.extension` and closed when the capsule's
+    session ends (its worker exited, was replaced, or the broker stops).
+    """
+
+    def __init__(self, session: CapsuleSession) -> None:
+        self.session = session
+
+    def close(self) -> None:
+        """Release what the extension holds; called once."""
+
+
+E = TypeVar("E", bound=SessionExtension)
 
 
 class InvocationFailed(Exception):
@@ -59,6 +76,21 @@ class CapsuleSession:
     closed: bool = False
     current: Invocation | None = None
     queue: deque[Invocation] = field(default_factory=deque)
+    _extensions: dict[type[SessionExtension], SessionExtension] = field(default_factory=dict)
+
+    def extension(self, kind: type[E]) -> E:
+        """The session's ``kind`` state, created on first use."""
+        value = self._extensions.get(kind)
+        if value is None:
+            value = self._extensions[kind] = kind(self)
+        assert isinstance(value, kind)
+        return value
+
+    def close_extensions(self) -> None:
+        extensions = list(self._extensions.values())
+        self._extensions.clear()
+        for extension in extensions:
+            extension.close()
 
     @property
     def name(self) -> str:

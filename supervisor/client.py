@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections import deque
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -45,6 +46,7 @@ class SystemClient:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._next_id = 1
+        self._notifications: deque[dict[str, Any]] = deque()
 
     @classmethod
     def connect(
@@ -96,13 +98,33 @@ class SystemClient:
             )
             while True:
                 payload = recv_frame(self._sock, MAX_CLIENT_FRAME, _remaining(deadline))
-                if _is_notification(payload):
+                notification = _notification(payload)
+                if notification is not None:
+                    self._notifications.append(notification)
                     continue
                 response_id, result = rpc.decode_response(payload)
                 if response_id == request_id:
                     return result
         except TimeoutError:
             raise ClientTimeoutError(f"no answer from the broker within {timeout:g} s") from None
+        except (OSError, ValueError) as exc:
+            raise ClientError(f"lost the connection to the broker: {_describe(exc)}") from None
+
+    def next_notification(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next notification (``{"method", "params"}``), waiting up to ``timeout`` seconds
+        (forever if None); None on timeout. Responses arriving meanwhile are ignored."""
+        if self._notifications:
+            return self._notifications.popleft()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                wait = None if deadline is None else _remaining(deadline)
+                payload = recv_frame(self._sock, MAX_CLIENT_FRAME, wait)
+                notification = _notification(payload)
+                if notification is not None:
+                    return notification
+        except TimeoutError:
+            return None
         except (OSError, ValueError) as exc:
             raise ClientError(f"lost the connection to the broker: {_describe(exc)}") from None
 
@@ -144,12 +166,15 @@ def _remaining(deadline: float) -> float:
     return remaining
 
 
-def _is_notification(payload: bytes) -> bool:
+def _notification(payload: bytes) -> dict[str, Any] | None:
+    """The notification in ``payload`` (a JSON-RPC object with a method and no id), or None."""
     try:
         data = json.loads(payload)
     except ValueError:
-        return False
-    return isinstance(data, dict) and "method" in data and "id" not in data
+        return None
+    if isinstance(data, dict) and "method" in data and "id" not in data:
+        return data
+    return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import extism
 from setproctitle import setproctitle
@@ -21,7 +21,7 @@ from astrid_core.manifest import ManifestError, load_manifest
 from astrid_core.wire import HelloInfo
 from worker.channel import BrokerChannel, BrokerLost, HelloRejected, ShutdownRequested
 from worker.host import HostBridge
-from worker.runtime import CALL_TIMEOUT_MS, CapsuleRuntime
+from worker.runtime import CALL_TIMEOUT_MS, CapsuleRuntime, Outcome
 from worker.wasm import exports_run
 
 log = logging.getLogger("astrid.worker")
@@ -44,6 +44,20 @@ def _exit(status: _Status, code: ExitCode, event: StatusEvent | None = None) -> 
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(int(code))
+
+
+def _run_lifecycle(wasm: bytes, bridge: HostBridge, lifecycle: dict[str, Any]) -> Outcome:
+    """Run the install/upgrade hook the broker announced, on a plugin without a call timeout
+    (a hook may wait for an operator to answer an elicitation). A capsule that does not export
+    the hook has nothing to do."""
+    export, data = lifecycle.get("export"), lifecycle.get("input", b"")
+    if not isinstance(export, str) or not isinstance(data, bytes):
+        return Outcome(False, "malformed lifecycle request from the broker")
+    runtime = CapsuleRuntime(wasm, bridge, timeout_ms=None)
+    if not runtime.exports(export):
+        return Outcome(True, b"")
+    log.info("running %s", export)
+    return runtime.invoke(export, data)
 
 
 def run(launch: WorkerLaunch) -> NoReturn:
@@ -75,6 +89,17 @@ def run(launch: WorkerLaunch) -> NoReturn:
         _exit(status, ExitCode.TEMPFAIL, StatusEvent(Event.FAILED, str(exc)))
 
     bridge = HostBridge(channel, on_ready=lambda: status.send(StatusEvent(Event.READY)))
+    lifecycle = channel.welcome.get("lifecycle")
+    if isinstance(lifecycle, dict):
+        try:
+            outcome = _run_lifecycle(wasm, bridge, lifecycle)
+        except extism.Error as exc:
+            fatal(f"cannot load the capsule's wasm: {exc}")
+        except BrokerLost as exc:
+            _exit(status, ExitCode.TEMPFAIL, StatusEvent(Event.FAILED, str(exc)))
+        channel.answer(lifecycle["seq"], outcome.ok, outcome.payload)
+        if not outcome.ok:
+            fatal(f"lifecycle hook {lifecycle['export']} failed: {outcome.payload!s}")
     timeout_ms = None if has_run or manifest.is_daemon else CALL_TIMEOUT_MS
     try:
         runtime = CapsuleRuntime(wasm, bridge, timeout_ms)
