@@ -67,6 +67,19 @@ def loads(text: str | bytes) -> Any:
     def reject(constant: str) -> Any:
         raise SerdeError(f"invalid number {constant}")
 
+    def parse_int(literal: str) -> int | float:
+        # serde_json keeps integers that fit an i64/u64; larger ones become f64.
+        try:
+            value = int(literal)
+        except ValueError:  # beyond Python's digit limit: far outside f64 anyway
+            raise SerdeError(f"number out of range: {literal[:32]}...") from None
+        if -(2**63) <= value < 2**64:
+            return value
+        result = float(value) if value.bit_length() <= 1024 else math.inf
+        if math.isinf(result):
+            raise SerdeError(f"number out of range: {literal[:32]}...")
+        return result
+
     def parse_float(literal: str) -> float:
         result = float(literal)
         if math.isinf(result):
@@ -81,7 +94,9 @@ def loads(text: str | bytes) -> Any:
                 f"invalid JSON: not UTF-8 ({exc.reason} at byte {exc.start})"
             ) from None
     try:
-        value = json.loads(text, parse_constant=reject, parse_float=parse_float)
+        value = json.loads(
+            text, parse_constant=reject, parse_float=parse_float, parse_int=parse_int
+        )
     except (json.JSONDecodeError, RecursionError) as exc:
         raise SerdeError(f"invalid JSON: {exc}") from None
     if "\\u" in text and _has_lone_surrogate(value):

@@ -1,7 +1,8 @@
 """The ``astrid`` command line: ``ps``, ``kill`` and ``call``.
 
 ``ps`` and ``kill`` work from the supervisor's status file and psutil alone, so they keep working
-when the broker is down; ``call`` talks to the broker over ``sessions/system.sock``.
+when the broker is down; they also cover the host processes that capsules spawned, listed by the
+broker in ``state/processes.json``. ``call`` talks to the broker over ``sessions/system.sock``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,12 +22,15 @@ from astrid_core.dirs import AstridHome, HomeResolutionError
 from supervisor.status import StatusFile, live_process, read_status, status_path
 
 __all__ = [
+    "HOST_TABLE_FILE",
+    "HostProcessEntry",
     "ProcessRow",
     "format_cpu_time",
     "format_rss",
     "format_uptime",
     "main",
     "parse_signal",
+    "read_host_processes",
 ]
 
 PROG: Final = "astrid"
@@ -114,9 +118,12 @@ class ProcessRow:
     cpu_percent: float | None
     last_exit: str | None
     generation: int | None
+    #: Host processes only: the capsule that spawned it and its command line.
+    capsule: str | None = None
+    command: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document = {
             "name": self.name,
             "role": self.role,
             "pid": self.pid,
@@ -129,6 +136,10 @@ class ProcessRow:
             "last_exit": self.last_exit,
             "generation": self.generation,
         }
+        if self.role == "host":
+            document["capsule"] = self.capsule
+            document["command"] = self.command
+        return document
 
     def cells(self) -> list[str]:
         return [
@@ -204,8 +215,106 @@ def _row(
     )
 
 
-def collect_rows(status: StatusFile, now: float | None = None) -> list[ProcessRow]:
-    """One row for the supervisor, the broker and every capsule, sampled from psutil."""
+# --------------------------------------------------------------------------------------------
+# Host processes: the broker's table file
+
+
+#: The broker's table of host processes, in ``state/``.
+HOST_TABLE_FILE: Final = "processes.json"
+_HOST_TABLE_VERSION: Final = 1
+#: Longest command shown in the NAME column (the JSON ``command`` field has all of it).
+_HOST_NAME_WIDTH: Final = 48
+
+
+@dataclass(frozen=True, slots=True)
+class HostProcessEntry:
+    """One entry of ``state/processes.json``: the leader of a host process group."""
+
+    pid: int
+    pgid: int
+    capsule: str
+    command: str
+    started_at: float | None
+    create_time: float | None
+
+
+def _json_number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def read_host_processes(path: Path) -> list[HostProcessEntry]:
+    """The entries of the broker's process table at ``path``; [] when it is missing or malformed
+    (malformed entries are skipped). Entries are not verified: see :func:`live_process`."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(data, dict) or data.get("version") != _HOST_TABLE_VERSION:
+        return []
+    raw = data.get("processes")
+    entries = []
+    for item in raw if isinstance(raw, list) else []:
+        if not isinstance(item, dict):
+            continue
+        pid, pgid = item.get("pid"), item.get("pgid", item.get("pid"))
+        capsule, command = item.get("capsule"), item.get("command")
+        if type(pid) is not int or type(pgid) is not int or pid <= 0 or pgid <= 1:
+            continue
+        if not isinstance(capsule, str) or not isinstance(command, str):
+            continue
+        entries.append(
+            HostProcessEntry(
+                pid=pid,
+                pgid=pgid,
+                capsule=capsule,
+                command=command,
+                started_at=_json_number(item.get("started_at")),
+                create_time=_json_number(item.get("create_time")),
+            )
+        )
+    return entries
+
+
+def _host_table(home: AstridHome) -> list[HostProcessEntry]:
+    return read_host_processes(home.state_dir() / HOST_TABLE_FILE)
+
+
+def _host_name(command: str) -> str:
+    if len(command) > _HOST_NAME_WIDTH:
+        command = command[: _HOST_NAME_WIDTH - 1] + "\u2026"
+    return f"  \u21b3 {command}"
+
+
+def _host_rows(hosts: Sequence[HostProcessEntry], now: float) -> dict[str, list[ProcessRow]]:
+    """Rows of the live host processes, by capsule (entries whose pid is gone are skipped)."""
+    rows: dict[str, list[ProcessRow]] = {}
+    for entry in hosts:
+        row = _row(
+            name=_host_name(entry.command),
+            role="host",
+            pid=entry.pid,
+            create_time=entry.create_time,
+            started_at=entry.started_at,
+            state="RUNNING",
+            restarts=None,
+            last_exit=None,
+            generation=None,
+            now=now,
+        )
+        if row.pid is not None:
+            rows.setdefault(entry.capsule, []).append(
+                replace(row, capsule=entry.capsule, command=entry.command)
+            )
+    return rows
+
+
+def collect_rows(
+    status: StatusFile, now: float | None = None, hosts: Sequence[HostProcessEntry] = ()
+) -> list[ProcessRow]:
+    """One row for the supervisor, the broker and every capsule, sampled from psutil, each
+    capsule followed by the live host processes of ``hosts`` that it spawned."""
     now = time.time() if now is None else now
     sup = status.supervisor
     broker = status.broker
@@ -235,21 +344,25 @@ def collect_rows(status: StatusFile, now: float | None = None) -> list[ProcessRo
             now=now,
         ),
     ]
-    rows.extend(
-        _row(
-            name=capsule.name,
-            role="worker",
-            pid=capsule.pid,
-            create_time=capsule.create_time,
-            started_at=capsule.started_at,
-            state=str(capsule.state),
-            restarts=capsule.restarts,
-            last_exit=capsule.last_exit,
-            generation=capsule.generation or None,
-            now=now,
+    host_rows = _host_rows(hosts, now) if hosts else {}
+    for capsule in status.capsules:
+        rows.append(
+            _row(
+                name=capsule.name,
+                role="worker",
+                pid=capsule.pid,
+                create_time=capsule.create_time,
+                started_at=capsule.started_at,
+                state=str(capsule.state),
+                restarts=capsule.restarts,
+                last_exit=capsule.last_exit,
+                generation=capsule.generation or None,
+                now=now,
+            )
         )
-        for capsule in status.capsules
-    )
+        rows.extend(host_rows.pop(capsule.name, ()))
+    for orphans in host_rows.values():  # capsules the status file does not know (any more)
+        rows.extend(orphans)
     return rows
 
 
@@ -327,7 +440,7 @@ def cmd_ps(home: AstridHome, args: argparse.Namespace) -> int:
             print(json.dumps({"running": False, "home": str(home.root())}))
             return 1
         raise
-    rows = collect_rows(status)
+    rows = collect_rows(status, hosts=_host_table(home))
     if args.json:
         document = {
             "running": True,
@@ -351,11 +464,15 @@ def cmd_ps(home: AstridHome, args: argparse.Namespace) -> int:
 class KillTarget:
     pid: int
     create_time: float
-    description: str  # "worker counter", "broker", "astrid-supervisor"
+    #: "worker counter", "broker", "astrid-supervisor", "host process 'sleep 30' of capsule x"
+    description: str
 
 
-def resolve_kill_target(status: StatusFile, target: str) -> KillTarget:
-    """The tree member ``target`` names (a capsule name or a pid); raises :class:`CliError`."""
+def resolve_kill_target(
+    status: StatusFile, target: str, hosts: Sequence[HostProcessEntry] = ()
+) -> KillTarget:
+    """The tree member ``target`` names (a capsule name, or a pid of the supervisor, the broker,
+    a worker or a host process of ``hosts``); raises :class:`CliError`."""
     sup = status.supervisor
     if target.isdigit():
         pid = int(target)
@@ -363,6 +480,10 @@ def resolve_kill_target(status: StatusFile, target: str) -> KillTarget:
             (sup.pid, sup.create_time, "astrid-supervisor"),
             (status.broker.pid, status.broker.create_time, "broker"),
             *((c.pid, c.create_time, f"worker {c.name}") for c in status.capsules),
+            *(
+                (h.pid, h.create_time, f"host process '{h.command}' of capsule {h.capsule}")
+                for h in hosts
+            ),
         ]
         for candidate_pid, create_time, description in candidates:
             if (
@@ -389,7 +510,7 @@ def resolve_kill_target(status: StatusFile, target: str) -> KillTarget:
 
 def cmd_kill(home: AstridHome, args: argparse.Namespace) -> int:
     status = _require_running(home)
-    target = resolve_kill_target(status, args.target)
+    target = resolve_kill_target(status, args.target, _host_table(home))
     sig: signal.Signals = args.signal
     process = live_process(target.pid, target.create_time)
     if process is None:
@@ -420,8 +541,80 @@ def cmd_call(home: AstridHome, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pub(home: AstridHome, args: argparse.Namespace) -> int:
+    from astrid_core.rpc import Method, RpcError
+    from supervisor.client import ClientError, SystemClient
+
+    try:
+        with SystemClient.connect(home, timeout=args.timeout) as client:
+            result = client.request(
+                Method.BUS_PUBLISH,
+                {"topic": args.topic, "payload": args.payload},
+                timeout=args.timeout,
+            )
+    except ClientError as exc:
+        raise CliError(str(exc)) from None
+    except RpcError as exc:
+        raise CliError(exc.message) from None
+    delivered = result.get("delivered", 0) if isinstance(result, dict) else 0
+    noun = "subscription" if delivered == 1 else "subscriptions"
+    print(f"published to {args.topic} ({delivered} {noun} reached)")
+    return 0
+
+
+def cmd_sub(home: AstridHome, args: argparse.Namespace) -> int:
+    from astrid_core.rpc import Method, RpcError
+    from supervisor.client import ClientError, SystemClient
+
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    received = 0
+    try:
+        with SystemClient.connect(home, timeout=10.0) as client:
+            client.request(Method.BUS_SUBSCRIBE, {"pattern": args.pattern}, timeout=10.0)
+            while args.count is None or received < args.count:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                notification = client.next_notification(remaining)
+                if notification is None:
+                    break
+                if notification.get("method") != Method.BUS_MESSAGES:
+                    continue
+                envelope = notification.get("params", {}).get("envelope", {})
+                for message in envelope.get("messages", []):
+                    print(json.dumps(message, ensure_ascii=False), flush=True)
+                    received += 1
+                    if args.count is not None and received >= args.count:
+                        break
+                lost = envelope.get("lagged", 0) + envelope.get("dropped", 0)
+                if lost:
+                    print(
+                        f"{PROG}: {lost} message(s) lost: this subscriber fell behind",
+                        file=sys.stderr,
+                    )
+    except ClientError as exc:
+        raise CliError(str(exc)) from None
+    except RpcError as exc:
+        raise CliError(exc.message) from None
+    if args.count is not None and received < args.count:
+        raise CliError(
+            f"timed out after {args.timeout:g} s with {received} of {args.count} messages"
+        )
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # Argument parsing
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -464,12 +657,13 @@ def build_parser() -> argparse.ArgumentParser:
     ps = commands.add_parser(
         "ps",
         parents=[home_after],
-        help="list the supervisor, the broker and the capsule workers",
+        help="list the supervisor, the broker, the capsule workers and their host processes",
         formatter_class=_FORMATTER,
         description=(
             "List every process of the tree with its state, restarts, uptime, resident memory,\n"
             "CPU time (cumulative user+system) and lifetime average %CPU, and the reason of its\n"
-            "last exit. Works from the supervisor's status file and psutil alone: the broker\n"
+            "last exit. The host processes a capsule spawned are listed under it (role host).\n"
+            "Works from the supervisor's status file and psutil alone: the broker\n"
             "does not need to be up. Exits with status 1 when the supervisor is not running."
         ),
         epilog="examples:\n  astrid ps\n  astrid ps --json | jq '.processes[] | .name'",
@@ -484,8 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_FORMATTER,
         description=(
             "Send a signal to a member of the tree: TARGET is a capsule name (its worker) or the\n"
-            "pid of the supervisor, the broker or a worker as shown by `astrid ps`. Any other\n"
-            "pid is refused. A killed worker is restarted by the supervisor under its policy."
+            "pid of the supervisor, the broker, a worker or a host process as shown by\n"
+            "`astrid ps`. Any other pid is refused. A killed worker is restarted by the\n"
+            "supervisor under its policy."
         ),
         epilog=(
             "examples:\n"
@@ -538,6 +733,55 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds to wait for the answer (default: {DEFAULT_CALL_TIMEOUT:g})",
     )
     call.set_defaults(handler=cmd_call, parser=call)
+
+    pub = commands.add_parser(
+        "pub",
+        parents=[home_after],
+        help="publish a message on the IPC bus",
+        formatter_class=_FORMATTER,
+        description=(
+            "Publish JSON on TOPIC as the operator. The payload is classified like a capsule's\n"
+            "(a known `type` tag such as user_input stays that variant, anything else becomes\n"
+            "custom data). Subscribers whose pattern matches TOPIC receive it."
+        ),
+        epilog=(
+            "examples:\n"
+            '  astrid pub demo.greeting \'{"hello": "world"}\'\n'
+            '  astrid pub user.v1.prompt \'{"type": "user_input", "text": "hi"}\''
+        ),
+    )
+    pub.add_argument("topic", metavar="TOPIC", help="dot-separated topic, e.g. demo.greeting")
+    pub.add_argument("payload", metavar="JSON", help="the payload, any JSON value")
+    pub.add_argument(
+        "--timeout",
+        metavar="S",
+        type=_positive_float,
+        default=10.0,
+        help="seconds to wait for the broker (default: 10)",
+    )
+    pub.set_defaults(handler=cmd_pub, parser=pub)
+
+    sub = commands.add_parser(
+        "sub",
+        parents=[home_after],
+        help="print messages published on the IPC bus",
+        formatter_class=_FORMATTER,
+        description=(
+            "Subscribe to PATTERN and print every message as one JSON line (topic, payload,\n"
+            "source_id, timestamp). `*` matches one segment; a trailing `*` matches one or more.\n"
+            "Stops after --count messages or --timeout seconds (exit 1 if --count was not\n"
+            "reached), or on Ctrl-C. Lost messages (a slow subscriber) are reported on stderr."
+        ),
+        epilog=(
+            "examples:\n"
+            "  astrid sub 'demo.*'\n"
+            "  astrid sub 'tool.v1.execute.*' --count 1 --timeout 30"
+        ),
+    )
+    sub.add_argument("pattern", metavar="PATTERN", help="topic pattern, e.g. demo.*")
+    sub.add_argument("--count", "-n", metavar="N", type=_positive_int, help="stop after N messages")
+    sub.add_argument("--timeout", metavar="S", type=_positive_float, help="stop after S seconds")
+    sub.set_defaults(handler=cmd_sub, parser=sub)
     return parser
 
 
@@ -558,6 +802,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.arguments = json.loads(args.arguments)
         except ValueError as exc:
             args.parser.error(f"invalid JSON arguments: {exc}")
+    if args.command == "pub":
+        try:
+            args.payload = json.loads(args.payload)
+        except ValueError as exc:
+            args.parser.error(f"invalid JSON payload: {exc}")
     try:
         home = resolve_home(args.home)
         code: int = args.handler(home, args)

@@ -52,6 +52,7 @@ from astrid_core.launch import (
 )
 from astrid_core.logfile import LogFile, utc_timestamp
 from astrid_core.wire import HelloInfo, derive_worker_secret
+from supervisor.astrid_cli import HOST_TABLE_FILE, read_host_processes
 from supervisor.forking import (
     compile_cache_dir,
     fork_child,
@@ -77,6 +78,7 @@ __all__ = [
     "DEFAULT_READY_TIMEOUT",
     "Supervisor",
     "SupervisorError",
+    "kill_host_process_groups",
 ]
 
 log = logging.getLogger("astrid.supervisor")
@@ -853,7 +855,27 @@ class Supervisor:
         proc.create_time = None
         proc.cancel_timers()
         code = os.waitstatus_to_exitcode(status)
+        if proc is self._broker:
+            self._kill_host_processes()
         self._after_exit(proc, text, code)
+
+    def _kill_host_processes(self) -> None:
+        """The broker exited: no host process it started may outlive it.
+
+        Their leaders had a parent-death SIGKILL, but their own children did not; the broker's
+        table file names the groups (a broker that stopped cleanly removed it).
+        """
+        try:
+            killed = kill_host_process_groups(self.home.state_dir())
+        except Exception as exc:  # never let the cleanup take the supervisor down
+            log.error("cannot clean up the broker's host processes: %s", exc)
+            return
+        if killed:
+            log.warning(
+                "killed %d host process group(s) left by the broker: %s",
+                len(killed),
+                ", ".join(map(str, killed)),
+            )
 
     def _after_exit(self, proc: _Proc, text: str, code: int) -> None:
         proc.last_exit = text
@@ -1091,6 +1113,61 @@ class Supervisor:
                 for worker in self._workers
             ],
         )
+
+
+#: psutil computes create_time from clock ticks (10 ms): a child can share its parent's.
+_TICK: Final = 0.011
+
+
+def _same_process(pid: int, create_time: float) -> bool:
+    """Whether ``pid`` is still the process that had ``create_time`` (a zombie counts)."""
+    try:
+        return abs(psutil.Process(pid).create_time() - create_time) < _TICK / 2
+    except (psutil.Error, OSError):
+        return False
+
+
+def kill_host_process_groups(state_dir: Path) -> list[int]:
+    """SIGKILL the host process groups listed in ``state_dir/processes.json``, remove the file,
+    and return the groups signalled.
+
+    Only verified groups are killed: the entry's leader is still the recorded process (same pid
+    and psutil create_time; a zombie counts), or, when the leader is gone (its parent-death
+    signal killed it with the broker), some process of the group was created no earlier than
+    the leader and no later than now. The broker lists a leader until it reaps it, so the group
+    id stayed reserved until the broker died; a stranger reusing it would have been created
+    after that, and while a member of the original group lives the id cannot be reused at all.
+    Call it as soon as the broker's exit is seen. Stale entries are ignored.
+    """
+    path = state_dir / HOST_TABLE_FILE
+    entries = read_host_processes(path)
+    own_group = os.getpgrp()
+    verified: set[int] = set()
+    pending: dict[int, float] = {}  # group id -> the leader's create_time
+    for entry in entries:
+        if entry.create_time is None or entry.pgid in (own_group, os.getpid()):
+            continue
+        if entry.pid == entry.pgid and _same_process(entry.pid, entry.create_time):
+            verified.add(entry.pgid)
+        else:
+            pending[entry.pgid] = min(pending.get(entry.pgid, entry.create_time), entry.create_time)
+    if pending:
+        # "Now" on psutil's clock (boot time + time since boot), which may differ from
+        # time.time() by up to a second.
+        now = psutil.boot_time() + time.clock_gettime(time.CLOCK_BOOTTIME) + _TICK
+        for process in psutil.process_iter(["create_time"]):
+            try:
+                group = os.getpgid(process.pid)
+            except OSError:
+                continue
+            since = pending.get(group)
+            created = process.info.get("create_time")
+            if since is not None and created is not None and since - _TICK <= created <= now:
+                verified.add(group)
+    killed = [group for group in sorted(verified) if kill_group(group, signal.SIGKILL)]
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return killed
 
 
 def _create_time(pid: int) -> float | None:

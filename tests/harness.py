@@ -34,7 +34,11 @@ from astrid_core.wire import HelloInfo, derive_worker_secret
 REPO = Path(__file__).resolve().parent.parent
 
 _LAUNCHER = r"""
-import sys, msgpack
+import ctypes, os, signal, sys, msgpack
+# Die with the test process, even when pytest is killed before its fixtures clean up.
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+if os.getppid() == 1:
+    sys.exit(1)
 from astrid_core.launch import BrokerLaunch, WorkerLaunch, resolve_entry
 kind, fields = msgpack.unpackb(sys.stdin.buffer.read(), raw=False)
 launch = (BrokerLaunch if kind == "broker" else WorkerLaunch)(**fields)

@@ -36,7 +36,11 @@ import logging
 import re
 import sqlite3
 import time
+from collections.abc import Awaitable
 
+from astrid_core.capsule_abi import LogLevel
+from astrid_core.serde import Fields, SerdeError, dumps, loads
+from broker import hooks
 from broker.cron import (
     MAX_JOBS_PER_CAPSULE,
     MAX_NAME_LEN,
@@ -53,26 +57,12 @@ from broker.sessions import CapsuleSession
 
 log = logging.getLogger("astrid.broker")
 
-_LEVELS = {
-    "trace": "TRACE",
-    "debug": "DEBUG",
-    "warn": "WARN",
-    "warning": "WARN",
-    "error": "ERROR",
-    "err": "ERROR",
-}
-
-
-def log_level(level: str) -> str:
-    """The record level of a guest-supplied level name (case-insensitive; unknown = info)."""
-    return _LEVELS.get(level.lower(), "INFO")
-
 
 def astrid_log(session: CapsuleSession, level: bytes, message: bytes) -> None:
     name = lossy(guard(level, MAX_LOG_LEVEL_LEN))
     text = lossy(guard(message, MAX_LOG_MESSAGE_LEN))
     try:
-        session.log.write_record(log_level(name), session.tag, text)
+        session.log.write_record(LogLevel.from_guest(name).record_name, session.tag, text)
     except OSError as exc:  # a full disk must not make the guest trap
         log.warning("cannot write to %s: %s", session.log.path, exc)
 
@@ -141,3 +131,27 @@ def astrid_cron_cancel(session: CapsuleSession, name: bytes) -> None:
         scheduler.cancel(session.name, job)
     except sqlite3.Error as exc:
         raise SyscallError(f"cron_cancel failed: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Hooks (§2.9)
+
+#: Largest ``astrid_trigger_hook`` request.
+MAX_TRIGGER_REQUEST = 1024 * 1024
+
+
+def astrid_trigger_hook(session: CapsuleSession, request: bytes) -> Awaitable[bytes]:
+    """Fan ``{"hook", "payload"}`` out to every other capsule intercepting the hook; a JSON array
+    of their JSON answers in completion order (see :func:`broker.hooks.trigger`)."""
+    data = guard(request, MAX_TRIGGER_REQUEST)
+    try:
+        fields = Fields(loads(data), "request")
+        hook = fields.string("hook")
+        payload = fields.raw("payload")
+    except (SerdeError, ValueError) as exc:
+        raise SyscallError(f"invalid trigger request: {exc}") from None
+
+    async def fan_out() -> bytes:
+        return dumps(await hooks.trigger(session.kernel, session, hook, payload)).encode()
+
+    return fan_out()

@@ -61,6 +61,7 @@ IMPLEMENTED = {
     "astrid_uplink_register",
     "astrid_uplink_send",
     "astrid_check_capsule_capability",
+    "astrid_trigger_hook",
     "astrid_net_bind_unix",
     "astrid_net_accept",
     "astrid_net_poll_accept",

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from astrid_core.capsule_abi import LogLevel
 from astrid_core.logfile import LogFile, capsule_tag, format_record
 from astrid_core.manifest import parse_manifest
 from broker.config import MissingConfig, preload_env_file, resolve_config
 from broker.dispatch import build_table, pending_syscalls
 from broker.errors import SyscallError, guard, utf8_error_text
 from broker.kvstore import KvStore
-from broker.syscalls.system import log_level
 
 MANIFEST = """
 [package]
@@ -102,7 +102,7 @@ def test_log_records_are_single_lines(tmp_path: Path) -> None:
      ("err", "ERROR"), ("ERROR", "ERROR"), ("info", "INFO"), ("loud", "INFO"), ("", "INFO")],
 )  # fmt: skip
 def test_log_levels(given: str, level: str) -> None:
-    assert log_level(given) == level
+    assert LogLevel.from_guest(given).record_name == level
 
 
 def test_guard_text() -> None:
