@@ -63,6 +63,7 @@ class Kernel:
             value = self._services[kind] = kind(self)
         assert isinstance(value, kind)
         return value
+
     _logs: dict[str, LogFile] = field(default_factory=dict)
 
     def capsule_log(self, capsule: str) -> LogFile:
