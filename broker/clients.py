@@ -30,8 +30,11 @@ from astrid_core.session import (
     server_handshake,
     write_frame,
 )
+from broker.approvals import DECISIONS as APPROVAL_DECISIONS
+from broker.approvals import ApprovalService
 from broker.bus import BusMessage, Subscription
 from broker.capsule_ipc import MAX_PUBLISH_BYTES, MAX_SUBSCRIPTIONS
+from broker.elicitations import ElicitationService
 from broker.errors import SyscallError
 from broker.ipc_payload import classify
 from broker.kernel import Kernel
@@ -225,6 +228,16 @@ class ClientServer:
             return self._publish(request.params, connection)
         if request.method == Method.BUS_SUBSCRIBE:
             return self._subscribe(request.params, connection)
+        if request.method == Method.APPROVALS_LIST:
+            approvals = self.kernel.service(ApprovalService).pending.values()
+            return {"approvals": [pending.to_json() for pending in approvals]}
+        if request.method == Method.APPROVALS_ANSWER:
+            return self._answer_approval(request.params, connection)
+        if request.method == Method.ELICITATIONS_LIST:
+            elicitations = self.kernel.service(ElicitationService).pending.values()
+            return {"elicitations": [pending.to_json() for pending in elicitations]}
+        if request.method == Method.ELICITATIONS_ANSWER:
+            return self._answer_elicitation(request.params, connection)
         raise RpcError(ErrorCode.METHOD_NOT_FOUND, f"unknown method '{request.method}'")
 
     def _publish(self, params: dict[str, Any], connection: _Connection) -> Any:
@@ -261,6 +274,43 @@ class ClientServer:
                 ErrorCode.INVALID_PARAMS, "Subscription limit reached (128 max per client)"
             )
         return {"subscription": connection.subscribe(self.kernel.bus.subscribe(pattern))}
+
+    def _answer_approval(self, params: dict[str, Any], connection: _Connection) -> Any:
+        request_id, decision = params.get("request_id"), params.get("decision")
+        reason = params.get("reason")
+        if not isinstance(request_id, str) or not isinstance(decision, str):
+            raise _invalid("approvals.answer needs 'request_id' and 'decision' strings")
+        if reason is not None and not isinstance(reason, str):
+            raise _invalid("'reason' must be a string")
+        try:
+            self.kernel.service(ApprovalService).answer(
+                request_id, decision, connection.session_id, reason
+            )
+        except KeyError:
+            raise _invalid(f"no pending approval request '{request_id}'") from None
+        except ValueError:
+            choices = ", ".join(sorted(APPROVAL_DECISIONS))
+            raise _invalid(f"unknown decision '{decision}' (expected one of {choices})") from None
+        return {"request_id": request_id, "decision": decision}
+
+    def _answer_elicitation(self, params: dict[str, Any], connection: _Connection) -> Any:
+        request_id = params.get("request_id")
+        if not isinstance(request_id, str):
+            raise _invalid("elicitations.answer needs a 'request_id' string")
+        value, values = params.get("value"), params.get("values")
+        if value is not None and not isinstance(value, str):
+            raise _invalid("'value' must be a string")
+        if values is not None and not (
+            isinstance(values, list) and all(isinstance(item, str) for item in values)
+        ):
+            raise _invalid("'values' must be an array of strings")
+        try:
+            self.kernel.service(ElicitationService).answer(
+                request_id, connection.session_id, {"value": value, "values": values}
+            )
+        except KeyError:
+            raise _invalid(f"no pending elicitation '{request_id}'") from None
+        return {"request_id": request_id}
 
     async def _tool_call(self, params: dict[str, Any], client: dict[str, Any]) -> Any:
         capsule, tool = params.get("capsule"), params.get("tool")

@@ -603,6 +603,60 @@ def cmd_sub(home: AstridHome, args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator_call(action: Any) -> Any:
+    """Run a request to the broker, turning its errors into one line for the operator."""
+    from astrid_core.rpc import RpcError
+    from supervisor.client import ClientError
+
+    try:
+        return action()
+    except ClientError as exc:
+        raise CliError(str(exc)) from None
+    except RpcError as exc:
+        raise CliError(exc.message) from None
+
+
+def cmd_approvals(home: AstridHome, args: argparse.Namespace) -> int:
+    from supervisor.operator import list_approvals, render_approvals
+
+    approvals = _operator_call(lambda: list_approvals(home))
+    if args.json:
+        print(json.dumps({"approvals": approvals}, ensure_ascii=False))
+    elif not approvals:
+        print("no pending approval requests")
+    else:
+        print(render_approvals(approvals))
+    return 0
+
+
+def cmd_approve(home: AstridHome, args: argparse.Namespace) -> int:
+    from supervisor.operator import APPROVE_DECISIONS, answer_approval
+
+    decision = APPROVE_DECISIONS[args.scope]
+    _operator_call(lambda: answer_approval(home, args.request_id, decision, args.reason))
+    print(f"approved {args.request_id} ({decision})")
+    return 0
+
+
+def cmd_deny(home: AstridHome, args: argparse.Namespace) -> int:
+    from supervisor.operator import answer_approval
+
+    _operator_call(lambda: answer_approval(home, args.request_id, "deny", args.reason))
+    print(f"denied {args.request_id}")
+    return 0
+
+
+def cmd_elicit(home: AstridHome, args: argparse.Namespace) -> int:
+    from supervisor.operator import answer_elicitations
+
+    answered = _operator_call(
+        lambda: answer_elicitations(home, follow=args.follow, timeout=args.timeout)
+    )
+    if not answered and not args.follow:
+        print("no pending elicitations")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # Argument parsing
 
@@ -782,6 +836,86 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--count", "-n", metavar="N", type=_positive_int, help="stop after N messages")
     sub.add_argument("--timeout", metavar="S", type=_positive_float, help="stop after S seconds")
     sub.set_defaults(handler=cmd_sub, parser=sub)
+
+    approvals = commands.add_parser(
+        "approvals",
+        parents=[home_after],
+        help="list the approval requests capsules are waiting on",
+        formatter_class=_FORMATTER,
+        description=(
+            "List pending astrid_request_approval requests: id, capsule, risk level, age,\n"
+            "action and resource. A request that gets no answer within 60 s is denied."
+        ),
+        epilog="examples:\n  astrid approvals\n  astrid approvals --json",
+    )
+    approvals.add_argument("--json", action="store_true", help="print a JSON document")
+    approvals.set_defaults(handler=cmd_approvals)
+
+    approve = commands.add_parser(
+        "approve",
+        parents=[home_after],
+        help="approve a pending request",
+        formatter_class=_FORMATTER,
+        description=(
+            "Approve request ID once, for the rest of the broker's run (--session), or always\n"
+            "(--always, kept in state.db). The last two let the same capsule's later requests\n"
+            "for that action through without asking."
+        ),
+        epilog=(
+            "examples:\n"
+            "  astrid approve 4f6c...\n"
+            "  astrid approve 4f6c... --always --reason 'trusted deploy'"
+        ),
+    )
+    approve.add_argument("request_id", metavar="ID", help="the request id from `astrid approvals`")
+    scope = approve.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--session",
+        dest="scope",
+        action="store_const",
+        const="session",
+        help="also approve this action for the capsule until the broker stops",
+    )
+    scope.add_argument(
+        "--always",
+        dest="scope",
+        action="store_const",
+        const="always",
+        help="also approve this action for the capsule from now on",
+    )
+    approve.add_argument("--reason", metavar="TEXT", help="a note passed to the capsule")
+    approve.set_defaults(handler=cmd_approve, scope="once")
+
+    deny = commands.add_parser(
+        "deny",
+        parents=[home_after],
+        help="deny a pending request",
+        formatter_class=_FORMATTER,
+        description="Deny approval request ID.",
+        epilog="examples:\n  astrid deny 4f6c... --reason 'not now'",
+    )
+    deny.add_argument("request_id", metavar="ID", help="the request id from `astrid approvals`")
+    deny.add_argument("--reason", metavar="TEXT", help="a note passed to the capsule")
+    deny.set_defaults(handler=cmd_deny)
+
+    elicit = commands.add_parser(
+        "elicit",
+        parents=[home_after],
+        help="answer the questions of capsules' install and upgrade hooks",
+        formatter_class=_FORMATTER,
+        description=(
+            "Prompt for every value a capsule's install or upgrade hook is waiting on (secret\n"
+            "input is not echoed; choices are numbered; lists end with an empty line; an empty\n"
+            "answer takes the default; end of input cancels). With --follow, keep answering\n"
+            "new requests until --timeout or Ctrl-C."
+        ),
+        epilog="examples:\n  astrid elicit\n  astrid elicit --follow --timeout 300",
+    )
+    elicit.add_argument("--follow", action="store_true", help="keep waiting for new requests")
+    elicit.add_argument(
+        "--timeout", metavar="S", type=_positive_float, help="with --follow: stop after S seconds"
+    )
+    elicit.set_defaults(handler=cmd_elicit)
     return parser
 
 

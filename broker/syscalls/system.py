@@ -1,5 +1,5 @@
-"""System: logging and the clock (§2.5), cron (§2.8, DESIGN §6.10); hooks and approvals arrive
-with their issues.
+"""System: logging and the clock (§2.5), cron (§2.8, DESIGN §6.10), hooks (§2.9), approvals
+(§2.11).
 
 Cron. The reference's cron syscalls are no-ops without limits; these are real (see
 :mod:`broker.cron`) and check, in this order, with these trap texts:
@@ -36,11 +36,13 @@ import logging
 import re
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Awaitable
 
 from astrid_core.capsule_abi import LogLevel
 from astrid_core.serde import Fields, SerdeError, dumps, loads
 from broker import hooks
+from broker.approvals import ApprovalService
 from broker.cron import (
     MAX_JOBS_PER_CAPSULE,
     MAX_NAME_LEN,
@@ -52,7 +54,7 @@ from broker.cron import (
     ScheduleError,
 )
 from broker.errors import SyscallError, guard, lossy, utf8_error_text
-from broker.limits import MAX_LOG_LEVEL_LEN, MAX_LOG_MESSAGE_LEN
+from broker.limits import MAX_GUEST_PAYLOAD_LEN, MAX_LOG_LEVEL_LEN, MAX_LOG_MESSAGE_LEN
 from broker.sessions import CapsuleSession
 
 log = logging.getLogger("astrid.broker")
@@ -155,3 +157,43 @@ def astrid_trigger_hook(session: CapsuleSession, request: bytes) -> Awaitable[by
         return dumps(await hooks.trigger(session.kernel, session, hook, payload)).encode()
 
     return fan_out()
+
+
+# --------------------------------------------------------------------------------------------
+# Approvals (§2.11)
+
+MAX_ACTION_LEN = 256
+MAX_RESOURCE_LEN = 1024
+MAX_RISK_LEVEL_LEN = 64
+
+
+def _sanitize(text: str, limit: int) -> str:
+    """Trimmed, control characters removed, at most ``limit`` characters."""
+    return "".join(ch for ch in text.strip() if not unicodedata.category(ch).startswith("Cc"))[
+        :limit
+    ]
+
+
+def astrid_request_approval(session: CapsuleSession, request: bytes) -> Awaitable[bytes]:
+    try:
+        fields = Fields(loads(guard(request, MAX_GUEST_PAYLOAD_LEN)), "request")
+        action = fields.string("action")
+        resource = fields.string("resource")
+        risk_level = fields.string("risk_level")
+    except (SerdeError, ValueError) as exc:
+        raise SyscallError(f"invalid approval request JSON: {exc}") from None
+    if len(action) > MAX_ACTION_LEN:
+        raise SyscallError(
+            f"approval request action exceeds maximum length ({len(action)} > {MAX_ACTION_LEN})"
+        )
+
+    async def ask() -> bytes:
+        answer = await session.kernel.service(ApprovalService).request(
+            session,
+            _sanitize(action, MAX_ACTION_LEN),
+            _sanitize(resource, MAX_RESOURCE_LEN),
+            _sanitize(risk_level, MAX_RISK_LEVEL_LEN),
+        )
+        return dumps(answer).encode()
+
+    return ask()
