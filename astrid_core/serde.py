@@ -182,7 +182,7 @@ def parse_uuid_strict(s: str) -> uuid.UUID:
 
 def uuid_from_json(value: Any, what: str = "UUID") -> uuid.UUID:
     if not isinstance(value, str):
-        raise SerdeError(f"{what} must be a string, got {_kind(value)}")
+        raise SerdeError(f"{what} must be a string, got {json_kind(value)}")
     try:
         return parse_uuid_strict(value)
     except ValueError:
@@ -268,7 +268,7 @@ def parse_datetime(text: str) -> datetime:
 
 def datetime_from_json(value: Any, what: str = "timestamp") -> datetime:
     if not isinstance(value, str):
-        raise SerdeError(f"{what} must be a string, got {_kind(value)}")
+        raise SerdeError(f"{what} must be a string, got {json_kind(value)}")
     try:
         return parse_datetime(value)
     except ValueError as exc:
@@ -296,7 +296,8 @@ def aware_utc(value: datetime, what: str = "timestamp") -> datetime:
 # Objects
 
 
-def _kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """How an error message names the kind of a JSON value (``a string``, ``null``...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -319,7 +320,7 @@ class Fields:
 
     def __init__(self, value: Any, what: str) -> None:
         if not isinstance(value, Mapping):
-            raise SerdeError(f"{what} must be a JSON object, got {_kind(value)}")
+            raise SerdeError(f"{what} must be a JSON object, got {json_kind(value)}")
         self._data = value
         self._what = what
 
@@ -371,20 +372,20 @@ class Fields:
 
 def to_str(value: Any, what: str) -> str:
     if not isinstance(value, str):
-        raise SerdeError(f"{what} must be a string, got {_kind(value)}")
+        raise SerdeError(f"{what} must be a string, got {json_kind(value)}")
     return value
 
 
 def to_bool(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
-        raise SerdeError(f"{what} must be a boolean, got {_kind(value)}")
+        raise SerdeError(f"{what} must be a boolean, got {json_kind(value)}")
     return value
 
 
 def to_uint(value: Any, what: str, maximum: int = 2**64 - 1) -> int:
     """A non-negative integer up to ``maximum``; floats (``1.0``) and booleans are rejected."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SerdeError(f"{what} must be an integer, got {_kind(value)}")
+        raise SerdeError(f"{what} must be an integer, got {json_kind(value)}")
     if not 0 <= value <= maximum:
         raise SerdeError(f"{what} must be between 0 and {maximum}, got {value}")
     return value
@@ -393,7 +394,7 @@ def to_uint(value: Any, what: str, maximum: int = 2**64 - 1) -> int:
 def to_float(value: Any, what: str) -> float:
     """An ``f64``; integers are accepted (serde_json does), booleans and non-finite values not."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SerdeError(f"{what} must be a number, got {_kind(value)}")
+        raise SerdeError(f"{what} must be a number, got {json_kind(value)}")
     try:
         result = float(value)
     except OverflowError:
@@ -406,7 +407,7 @@ def to_float(value: Any, what: str) -> float:
 def to_list(value: Any, what: str, item: Callable[[Any, str], T]) -> list[T]:
     """A JSON array whose elements are converted by ``item`` (named ``what[index]``)."""
     if not isinstance(value, list):
-        raise SerdeError(f"{what} must be an array, got {_kind(value)}")
+        raise SerdeError(f"{what} must be an array, got {json_kind(value)}")
     return [item(element, f"{what}[{index}]") for index, element in enumerate(value)]
 
 
@@ -416,7 +417,7 @@ def to_str_list(value: Any, what: str) -> list[str]:
 
 def to_str_map(value: Any, what: str) -> dict[str, str]:
     if not isinstance(value, Mapping):
-        raise SerdeError(f"{what} must be an object, got {_kind(value)}")
+        raise SerdeError(f"{what} must be an object, got {json_kind(value)}")
     return {key: to_str(item, f"{what}.{key}") for key, item in value.items()}
 
 
@@ -445,7 +446,7 @@ def duration_from_json(value: Any, what: str = "Duration") -> timedelta:
     :attr:`timedelta.max` (about 2.7 million years) raise :class:`SerdeError`.
     """
     if not isinstance(value, Mapping):
-        raise SerdeError(f"{what} must be a JSON object, got {_kind(value)}")
+        raise SerdeError(f"{what} must be a JSON object, got {json_kind(value)}")
     for key in value:
         if key not in ("secs", "nanos"):
             raise SerdeError(f"{what}: unknown field `{key}`, expected `secs` or `nanos`")
@@ -474,7 +475,7 @@ def float_to_json(value: float) -> float | None:
 def str_enum_from_json(cls: type[E], value: Any, what: str) -> E:
     """A unit-only enum from its serialized string; unknown variants name the valid ones."""
     if not isinstance(value, str):
-        raise SerdeError(f"{what} must be a string, got {_kind(value)}")
+        raise SerdeError(f"{what} must be a string, got {json_kind(value)}")
     try:
         return cls(value)
     except ValueError:

@@ -25,11 +25,10 @@ import re
 import urllib.parse
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 
-from astrid_core.serde import SerdeError, dumps, loads
+from astrid_core.serde import SerdeError, dumps, json_kind, loads
 from broker.errors import SyscallError, guard, utf8_error_text
 from broker.gate import GateDenied, url_host
 from broker.http_client import (
@@ -58,42 +57,30 @@ class HttpRequest:
     body: str | None = None
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a sequence"
-    return "a map"
-
-
 def parse_request(text: str) -> HttpRequest:
     """Parse the request JSON; raises :class:`SerdeError` (unknown fields are ignored)."""
     value = loads(text)
     if not isinstance(value, Mapping):
-        raise SerdeError(f"invalid type: {_kind(value)}, expected struct HttpRequest")
+        raise SerdeError(f"invalid type: {json_kind(value)}, expected struct HttpRequest")
     if "url" not in value:
         raise SerdeError("missing field `url`")
     url = value["url"]
     if not isinstance(url, str):
-        raise SerdeError(f"url: invalid type: {_kind(url)}, expected a string")
+        raise SerdeError(f"url: invalid type: {json_kind(url)}, expected a string")
     method = value.get("method", "GET")
     if not isinstance(method, str):
-        raise SerdeError(f"method: invalid type: {_kind(method)}, expected a string")
+        raise SerdeError(f"method: invalid type: {json_kind(method)}, expected a string")
     headers = value.get("headers", {})
     if not isinstance(headers, Mapping):
-        raise SerdeError(f"headers: invalid type: {_kind(headers)}, expected a map")
+        raise SerdeError(f"headers: invalid type: {json_kind(headers)}, expected a map")
     for name, header in headers.items():
         if not isinstance(header, str):
-            raise SerdeError(f"headers.{name}: invalid type: {_kind(header)}, expected a string")
+            raise SerdeError(
+                f"headers.{name}: invalid type: {json_kind(header)}, expected a string"
+            )
     body = value.get("body")
     if body is not None and not isinstance(body, str):
-        raise SerdeError(f"body: invalid type: {_kind(body)}, expected a string")
+        raise SerdeError(f"body: invalid type: {json_kind(body)}, expected a string")
     return HttpRequest(url, method, dict(headers), body)
 
 
