@@ -169,11 +169,16 @@ class ApprovalService(KernelService):
                 future.set_result(None)
 
     def answer(self, request_id: str, decision: str, source: uuid.UUID, reason: str | None) -> None:
-        """Publish an operator's answer; raises KeyError/ValueError for bad input."""
+        """Publish an operator's answer; raises KeyError/ValueError for bad input.
+
+        A request takes one answer: it stops being pending at once, so that a second answer
+        (say, an approval right after a denial) is refused instead of reported as done.
+        """
         if request_id not in self.pending:
             raise KeyError(request_id)
         if decision not in DECISIONS:
             raise ValueError(decision)
+        del self.pending[request_id]
         payload: dict[str, Any] = {
             "type": "approval_response",
             "request_id": request_id,

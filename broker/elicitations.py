@@ -9,6 +9,7 @@ secret store and never back to the guest.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,7 +24,18 @@ from broker.sessions import CapsuleSession
 REQUEST_TOPIC = "astrid.v1.elicit"
 RESPONSE_TOPIC = "astrid.v1.elicit.response"
 TIMEOUT_S = 120.0
+#: Shortens the wait (in ms, never beyond 120 s), for tests (like ``ASTRID_APPROVAL_TIMEOUT_MS``).
+TIMEOUT_ENV = "ASTRID_ELICIT_TIMEOUT_MS"
 _NIL = uuid.UUID(int=0)
+
+
+def timeout_s() -> float:
+    """How long a request waits for its answer: 120 s, or less if ``TIMEOUT_ENV`` says so."""
+    try:
+        configured = int(os.environ.get(TIMEOUT_ENV, "")) / 1000
+    except ValueError:
+        return TIMEOUT_S
+    return min(max(configured, 0.0), TIMEOUT_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +56,9 @@ class ElicitField:
             "array": "Array",
             "select": {"Enum": list(self.options)},
         }[self.kind]
-        data: dict[str, Any] = {"key": self.key, "prompt": self.description or self.key}
+        # The prompt is the description when there is one (even an empty one), else the key.
+        prompt = self.key if self.description is None else self.description
+        data: dict[str, Any] = {"key": self.key, "prompt": prompt}
         if self.description is not None:
             data["description"] = self.description
         data["field_type"] = field_type
@@ -97,7 +111,7 @@ class ElicitationService(KernelService):
                     _NIL,
                 )
             )
-            answer = asyncio.ensure_future(subscription.wait(TIMEOUT_S))
+            answer = asyncio.ensure_future(subscription.wait(timeout_s()))
             done, _ = await asyncio.wait({answer, cancelled}, return_when=asyncio.FIRST_COMPLETED)
             message = answer.result() if answer in done else None
             answer.cancel()
@@ -134,9 +148,11 @@ class ElicitationService(KernelService):
                 future.set_result(None)
 
     def answer(self, request_id: str, source: uuid.UUID, response: dict[str, Any]) -> None:
-        """Publish an operator's answer (``value``, ``values``, or neither to cancel)."""
+        """Publish an operator's answer (``value``, ``values``, or neither to cancel); a
+        request takes one answer (it stops being pending at once)."""
         if request_id not in self.pending:
             raise KeyError(request_id)
+        del self.pending[request_id]
         payload: dict[str, Any] = {"type": "elicit_response", "request_id": request_id}
         for name in ("value", "values"):
             if response.get(name) is not None:

@@ -18,6 +18,11 @@ from astrid_core.rpc import Method
 from supervisor.client import SystemClient
 
 REQUEST_TIMEOUT: Final = 10.0
+#: Where capsules' questions are published (``elicit_request``).
+ELICIT_TOPIC: Final = "astrid.v1.elicit"
+#: How long ``astrid elicit`` (without ``--follow``) waits for the next question of a hook after
+#: answering one.
+FOLLOW_UP_S: Final = 2.0
 
 #: ``--session`` / ``--always`` of ``astrid approve`` → the approval_response decision.
 APPROVE_DECISIONS: Final = {
@@ -164,15 +169,18 @@ def answer_elicitations(
     stdin: TextIO = sys.stdin,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Prompt for every pending elicitation (and, with ``follow``, every new one until
-    ``timeout``); returns how many were answered."""
+    """Prompt for every pending elicitation and the questions that follow it (a hook asks one
+    at a time: the next arrives only once the previous is answered, so after an answer this
+    waits up to ``FOLLOW_UP_S`` for another). With ``follow``, keep prompting for new ones until
+    ``timeout``. Returns how many were answered."""
     read_line, read_secret = _reader(stdin, out), _secret_reader(stdin, out)
     answered = 0
     seen: set[str] = set()
     deadline = None if timeout is None else time.monotonic() + timeout
+    last_answer: float | None = None
     with SystemClient.connect(home, timeout=REQUEST_TIMEOUT) as client:
-        if follow:
-            client.request(Method.BUS_SUBSCRIBE, {"pattern": "astrid.v1.elicit"}, timeout=10.0)
+        # Subscribe before listing, so that no question published meanwhile goes unnoticed.
+        client.request(Method.BUS_SUBSCRIBE, {"pattern": ELICIT_TOPIC}, timeout=REQUEST_TIMEOUT)
         while True:
             for pending in list_elicitations(client):
                 request_id = str(pending.get("request_id"))
@@ -192,10 +200,14 @@ def answer_elicitations(
                     timeout=REQUEST_TIMEOUT,
                 )
                 answered += 1
-            if not follow:
+                last_answer = time.monotonic()
+            if follow:
+                wait = None if deadline is None else deadline - time.monotonic()
+            elif last_answer is not None:
+                wait = last_answer + FOLLOW_UP_S - time.monotonic()
+            else:
                 return answered
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            if wait is not None and wait <= 0:
                 return answered
-            if client.next_notification(remaining) is None:
+            if client.next_notification(wait) is None:
                 return answered

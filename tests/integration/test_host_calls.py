@@ -16,7 +16,7 @@ import pytest
 
 from astrid_core.launch import Event
 from astrid_core.rpc import RpcError
-from astrid_core.syscalls import BY_NAME, SYSCALLS
+from astrid_core.syscalls import SYSCALLS
 from broker.dispatch import pending_syscalls
 from tests.conftest import copy_capsule
 from tests.harness import Client, Runtime
@@ -24,56 +24,6 @@ from tests.syscaller import Fill, decode_hex_output, encode_script, script_tool_
 
 pytestmark = pytest.mark.integration
 
-#: Syscalls implemented so far; every other one must trap with "<name> is not implemented yet".
-#: Later issues move names from PENDING to IMPLEMENTED.
-IMPLEMENTED = {
-    "astrid_log",
-    "astrid_clock_ms",
-    "astrid_kv_get",
-    "astrid_kv_set",
-    "astrid_kv_delete",
-    "astrid_kv_list_keys",
-    "astrid_kv_clear_prefix",
-    "astrid_get_config",
-    "astrid_get_caller",
-    "astrid_signal_ready",
-    "astrid_fs_exists",
-    "astrid_fs_mkdir",
-    "astrid_fs_readdir",
-    "astrid_fs_stat",
-    "astrid_fs_unlink",
-    "astrid_read_file",
-    "astrid_write_file",
-    "astrid_ipc_publish",
-    "astrid_ipc_subscribe",
-    "astrid_ipc_unsubscribe",
-    "astrid_ipc_poll",
-    "astrid_ipc_recv",
-    "astrid_get_interceptor_handles",
-    "astrid_cron_schedule",
-    "astrid_cron_cancel",
-    "astrid_identity_resolve",
-    "astrid_identity_link",
-    "astrid_identity_unlink",
-    "astrid_identity_create_user",
-    "astrid_identity_list_links",
-    "astrid_http_request",
-    "astrid_uplink_register",
-    "astrid_uplink_send",
-    "astrid_check_capsule_capability",
-    "astrid_trigger_hook",
-    "astrid_net_bind_unix",
-    "astrid_net_accept",
-    "astrid_net_poll_accept",
-    "astrid_net_read",
-    "astrid_net_write",
-    "astrid_net_close_stream",
-    "astrid_spawn_host",
-    "astrid_spawn_background_host",
-    "astrid_read_process_logs_host",
-    "astrid_kill_process_host",
-}
-PENDING = sorted(s.name for s in SYSCALLS if s.name not in IMPLEMENTED)
 
 MiB = 1024 * 1024
 NO_PUBLISH = (
@@ -142,15 +92,9 @@ def test_a_capsule_importing_all_48_syscalls_links(env: Syscaller) -> None:
     assert env.run([("astrid_clock_ms", [])])[0]
 
 
-def test_the_pending_list_is_what_the_broker_lacks() -> None:
-    assert sorted(pending_syscalls()) == PENDING
-    assert len(PENDING) == len(SYSCALLS) - len(IMPLEMENTED)
-
-
-@pytest.mark.parametrize("name", PENDING)
-def test_pending_syscalls_trap_with_not_implemented_yet(env: Syscaller, name: str) -> None:
-    args = [b""] * BY_NAME[name].arity
-    assert env.trap([(name, args)]) == f"{name} is not implemented yet"
+def test_the_broker_implements_every_syscall() -> None:
+    assert pending_syscalls() == []
+    assert len(SYSCALLS) == 48
 
 
 def test_after_a_denied_void_call_the_guest_performs_no_further_effect(env: Syscaller) -> None:
