@@ -763,6 +763,8 @@ def parse_manifest(text: str, path: Path) -> Manifest:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ManifestError(path, f"TOML parse error: {e}") from None
+    except RecursionError:
+        raise ManifestError(path, "TOML parse error: nested too deeply") from None
     try:
         manifest = _decode(doc, path)
         _validate(manifest)

@@ -59,10 +59,14 @@ class ErrorCode(enum.IntEnum):
 
 
 class RpcError(Exception):
-    def __init__(self, code: int, message: str) -> None:
+    """A JSON-RPC error; ``request_id`` is the id of the request it answers when the decoder
+    could read it before failing (so the response can still be attributed)."""
+
+    def __init__(self, code: int, message: str, request_id: int | str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.request_id = request_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,10 @@ def decode_request(payload: bytes) -> Request:
         data = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RpcError(ErrorCode.PARSE_ERROR, f"request is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RpcError(
+            ErrorCode.PARSE_ERROR, "request is not valid JSON: nested too deeply"
+        ) from None
     if not isinstance(data, dict) or data.get("jsonrpc") != JSONRPC:
         raise RpcError(ErrorCode.INVALID_REQUEST, "request must be a JSON-RPC 2.0 object")
     method = data.get("method")
@@ -110,7 +118,7 @@ def decode_request(payload: bytes) -> Request:
         raise RpcError(ErrorCode.INVALID_REQUEST, "request id must be a number or a string")
     params = data.get("params", {})
     if not isinstance(params, dict):
-        raise RpcError(ErrorCode.INVALID_PARAMS, "params must be an object")
+        raise RpcError(ErrorCode.INVALID_PARAMS, "params must be an object", request_id)
     return Request(request_id, method, params)
 
 

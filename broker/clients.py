@@ -211,7 +211,7 @@ class ClientServer:
             request_id = request.id
             result = await self._dispatch(request, connection)
         except RpcError as exc:
-            return rpc.encode_error(request_id, exc.code, exc.message)
+            return rpc.encode_error(request_id or exc.request_id, exc.code, exc.message)
         except Exception as exc:
             log.exception("client request failed")
             return rpc.encode_error(request_id, ErrorCode.INTERNAL_ERROR, f"internal error: {exc}")

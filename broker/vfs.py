@@ -185,6 +185,20 @@ def _lexists(path: str) -> bool:
     return True
 
 
+#: How often :func:`resolve` starts over when the tree changes while it canonicalizes.
+_RESOLVE_ATTEMPTS = 3
+
+
+def _canonical(base: str, base_parts: list[str], parts: list[str]) -> list[str]:
+    """The physical components of ``base``/``parts``: the longest existing prefix
+    canonicalized, the rest appended as given. Raises ``OSError`` if the tree races."""
+    for keep in range(len(parts), -1, -1):
+        candidate = _join(base, parts[:keep])
+        if _lexists(candidate):
+            return [*_components(os.path.realpath(candidate, strict=False)), *parts[keep:]]
+    return [*base_parts, *parts]
+
+
 def resolve(root: str | os.PathLike[str], requested: str) -> ResolvedPath:
     """Map the guest path ``requested`` under ``root``.
 
@@ -196,12 +210,15 @@ def resolve(root: str | os.PathLike[str], requested: str) -> ResolvedPath:
     base = os.path.realpath(root)
     base_parts = _components(base)
     parts = _components(requested)
-    physical = [*base_parts, *parts]
-    for keep in range(len(parts), -1, -1):
-        candidate = _join(base, parts[:keep])
-        if _lexists(candidate):
-            physical = [*_components(os.path.realpath(candidate)), *parts[keep:]]
+    for attempt in range(_RESOLVE_ATTEMPTS):
+        try:
+            physical = _canonical(base, base_parts, parts)
             break
+        except OSError as exc:
+            # The tree changed under us (a link swapped for a directory between lstat and
+            # readlink): resolve again from scratch; report it only when it keeps happening.
+            if attempt == _RESOLVE_ATTEMPTS - 1:
+                raise IoError.from_os_error(exc) from None
     if physical[: len(base_parts)] != base_parts:
         raise PathEscapesRoot(requested, "/" + "/".join(physical))
     return ResolvedPath(base, tuple(physical[len(base_parts) :]))

@@ -10,9 +10,12 @@ a message fit for an operator; an error answered by the broker stays an
 from __future__ import annotations
 
 import json
+import os
 import socket
+import stat
 import time
 from collections import deque
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -52,7 +55,10 @@ class SystemClient:
     def connect(
         cls, home: AstridHome, *, timeout: float, client_version: str = CLIENT_VERSION
     ) -> Self:
-        """Connect to ``home``'s socket and complete the handshake within ``timeout`` seconds."""
+        """Connect to ``home``'s socket and complete the handshake within ``timeout`` seconds.
+
+        A token file that group or others may read or write is refused (:class:`ClientError`).
+        """
         deadline = time.monotonic() + timeout
         path = home.socket_path()
         not_running = "the astrid broker is not running"
@@ -60,6 +66,7 @@ class SystemClient:
             raise ClientError(f"{not_running}: no socket at {path}")
         token_path = home.token_path()
         try:
+            _check_private(token_path)
             token = SessionToken.read_from_file(token_path)
         except FileNotFoundError:
             raise ClientError(f"{not_running}: no session token at {token_path}") from None
@@ -157,6 +164,17 @@ def call_tool(home: AstridHome, capsule: str, tool: str, arguments: Any, *, time
     if isinstance(result, dict) and isinstance(result.get("output"), str):
         return str(result["output"])
     return json.dumps(result)
+
+
+def _check_private(token_path: Path) -> None:
+    """Refuse a session token that group or others may read or write (the broker writes it
+    0600; anything looser means someone else may hold or have replaced the secret)."""
+    mode = stat.S_IMODE(os.stat(token_path).st_mode)
+    if mode & 0o077:
+        raise ClientError(
+            f"insecure permissions on {token_path} ({mode:04o}): "
+            "the session token must be private (0600)"
+        )
 
 
 def _remaining(deadline: float) -> float:

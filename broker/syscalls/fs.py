@@ -45,6 +45,8 @@ def _resolve(session: CapsuleSession, raw: bytes, op: str, write: bool) -> vfs.R
         raise SyscallError(
             f"path escapes root boundary: {exc.requested} resolves to {exc.physical}"
         ) from None
+    except vfs.VfsError as exc:
+        raise SyscallError(f"{op} failed: {exc}") from None
     check = session.gate.check_file_write if write else session.gate.check_file_read
     try:
         check(resolved.physical)
