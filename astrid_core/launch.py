@@ -33,8 +33,13 @@ class ExitCode(enum.IntEnum):
     OK = 0
     #: The guest trapped in ``run`` (or ``run`` returned): restart under the policy.
     TRAP = 1
-    #: Lost the broker or could not reach it: restart under the policy.
+    #: Lost the broker and no broker answered within the reconnection bound, or could not reach
+    #: it at start: restart under the policy.
     TEMPFAIL = 75
+    #: The worker's watchdog ended it: a guest call ran past its call timeout plus a grace
+    #: period (a guest blocked where Extism cannot interrupt it, e.g. in a WASI sleep); the
+    #: status reason names the export. Restart under the policy (as ``timeout(1)`` does, 124).
+    TIMEOUT = 124
     #: Refused for a reason a restart cannot fix (invalid manifest or wasm, missing
     #: configuration, refused hello): FATAL until an operator acts.
     CONFIG = 78

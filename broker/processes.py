@@ -34,9 +34,19 @@ How a command is started:
   spawn failure (``No such file or directory (os error 2)``, ``Permission denied (os error
   13)``).
 * The command runs through ``setpriv --pdeathsig KILL -- <cmd> <args...>``, so it is SIGKILLed
-  when the broker dies, even by ``kill -9``. Its own children do not inherit that; the
-  supervisor kills the groups listed in the table file when it sees the broker exit. Without
-  ``setpriv`` (util-linux) the command runs directly and a warning is logged.
+  when the broker dies, even by ``kill -9``. Without ``setpriv`` (util-linux) the command runs
+  directly and a warning is logged. Its own children do not inherit the parent-death signal;
+  two things kill them when the broker dies: the supervisor kills the groups listed in the table
+  file when it sees the broker exit, and, for when the supervisor died too (``kill -9`` of the
+  supervisor takes the broker along through its own parent-death signal), the
+  :class:`OrphanGuard`.
+* The orphan guard is one small helper process per broker (``python -I -S``, its own process
+  group, started with the first host process): the broker tells it every group it starts and
+  reaps, over a pipe that only the broker holds. When the broker dies, however it dies, the
+  pipe reaches its end and the guard SIGKILLs every group still registered whose members it can
+  verify (a process of the group created no earlier than its leader), then exits. The command
+  itself stays the direct child of the broker and the leader of its group, so its pid, its
+  exit status, its signal death and its name in ``astrid ps`` are the command's own.
 * There is no sandbox: the reference wraps commands in ``bwrap`` (Linux) or ``sandbox-exec``
   (macOS); neither is available here, so a host process has the broker's user rights, confined
   only by the manifest's ``host_process`` allow-list, the sanitised environment and the process
@@ -70,6 +80,7 @@ import select
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -118,6 +129,8 @@ KILL_WAIT: Final = 5.0
 SAFE_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
 #: ``setpriv`` of util-linux: sets the parent-death signal, then execs the command.
 SETPRIV = "/usr/bin/setpriv"
+#: How long the broker waits for the orphan guard to exit when it stops.
+GUARD_EXIT_WAIT: Final = 2.0
 CANCEL_TOPIC: Final = "tool.v1.request.cancel"
 TABLE_FILE_NAME: Final = "processes.json"
 TABLE_VERSION: Final = 1
@@ -195,6 +208,178 @@ def _create_time(pid: int) -> float | None:
         return psutil.Process(pid).create_time()
     except (psutil.Error, OSError):
         return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22),
+    the same number the orphan guard reads."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# The orphan guard
+
+#: The guard's program (``python -I -S -c``). Its stdin is the pipe from the broker, one line
+#: per change: ``+ <pgid> <start ticks of the leader>`` or ``- <pgid>``. At the end of the pipe
+#: it SIGKILLs every registered group that still has a live (not zombie) member created no
+#: earlier than the group's leader (a group id stays reserved while a member lives, so such a
+#: group is the original one), until none is left, then exits.
+_GUARD_PROGRAM: Final = r"""# astrid orphan guard: kills host process groups when the broker dies
+import os, signal, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+groups = {}
+pending = b""
+while True:
+    chunk = os.read(0, 65536)
+    if not chunk:
+        break
+    *lines, pending = (pending + chunk).split(b"\n")
+    for line in lines:
+        fields = line.split()
+        try:
+            if len(fields) == 3 and fields[0] == b"+":
+                groups[int(fields[1])] = int(fields[2])
+            elif len(fields) == 2 and fields[0] == b"-":
+                groups.pop(int(fields[1]), None)
+        except ValueError:
+            pass
+
+def members():
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/" + name + "/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+            state, group, started = fields[0], int(fields[2]), int(fields[19])
+        except (OSError, ValueError, IndexError):
+            continue
+        if state != b"Z" and group in groups and started >= groups[group]:
+            found.add(group)
+    return found
+
+for _ in range(100):
+    live = members() if groups else ()
+    if not live:
+        break
+    for group in live:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except OSError:
+            pass
+    time.sleep(0.01)
+"""
+
+
+class OrphanGuard:
+    """The broker's side of the orphan guard (see the module docstring).
+
+    Started with the first registered group, restarted (with every registered group) if it ever
+    exits while the broker runs, closed with the process table. Writes never block the loop: the
+    pipe is non-blocking and a guard that stops reading is replaced.
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict[int, int] = {}
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._fd = -1
+        self._pidfd = -1
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._popen is None else self._popen.pid
+
+    def add(self, pgid: int, start_ticks: int) -> None:
+        self._groups[pgid] = start_ticks
+        self._send(b"+ %d %d\n" % (pgid, start_ticks))
+
+    def remove(self, pgid: int) -> None:
+        if self._groups.pop(pgid, None) is not None:
+            self._send(b"- %d\n" % pgid)
+
+    def _send(self, line: bytes) -> None:
+        if self._closed:
+            return
+        if self._fd < 0:
+            self._start()  # sends every registered group, this change included
+            return
+        try:
+            os.write(self._fd, line)  # a line is far below PIPE_BUF: all or nothing
+        except OSError as exc:
+            log.warning("the orphan guard does not listen (%s): replacing it", exc)
+            self._stop(wait=0.0)
+            self._start()
+
+    def _start(self) -> None:
+        if not self._groups:
+            return
+        read_fd, write_fd = os.pipe()
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _GUARD_PROGRAM],
+                stdin=read_fd,
+                stdout=subprocess.DEVNULL,
+                env={},
+                process_group=0,
+            )
+        except OSError as exc:
+            os.close(write_fd)
+            log.error("cannot start the orphan guard: %s", exc)
+            return
+        finally:
+            os.close(read_fd)
+        os.set_blocking(write_fd, False)
+        self._popen, self._fd = popen, write_fd
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
+        if self._loop is not None:
+            with contextlib.suppress(OSError):
+                self._pidfd = os.pidfd_open(popen.pid)
+                self._loop.add_reader(self._pidfd, self._on_exit)
+        lines = b"".join(b"+ %d %d\n" % item for item in self._groups.items())
+        try:
+            os.write(write_fd, lines)
+        except OSError as exc:  # pragma: no cover - a fresh pipe holds 64 KiB
+            log.error("cannot register host process groups with the orphan guard: %s", exc)
+
+    def _on_exit(self) -> None:
+        """The guard exited while the broker runs (it never should): replace it."""
+        code = self._popen.poll() if self._popen is not None else None
+        log.warning("the orphan guard exited (status %s): restarting it", code)
+        self._stop(wait=0.0)
+        self._start()
+
+    def _stop(self, wait: float) -> None:
+        if self._pidfd >= 0:
+            if self._loop is not None:
+                with contextlib.suppress(ValueError, RuntimeError):
+                    self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        if self._fd >= 0:
+            os.close(self._fd)  # the end of the pipe: the guard cleans up and exits
+            self._fd = -1
+        popen, self._popen = self._popen, None
+        if popen is not None:
+            try:
+                popen.wait(wait)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    popen.wait(0.5)
+
+    def close(self, wait: float = GUARD_EXIT_WAIT) -> None:
+        """Let the guard go (it kills the groups still registered) and reap it, bounded."""
+        self._closed = True
+        self._stop(wait)
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,6 +653,7 @@ class ProcessTable(KernelService):
         self._broker = {"pid": os.getpid(), "create_time": _create_time(os.getpid())}
         self._closed = False
         self._setpriv_warned = False
+        self.guard = OrphanGuard()
         kernel.bus.add_listener(self._on_bus_message)
 
     def __iter__(self) -> Iterator[HostProcess]:
@@ -541,6 +727,9 @@ class ProcessTable(KernelService):
             capacity=capacity,
         )
         self._processes[process.pid] = process
+        ticks = _start_ticks(process.pid)
+        if ticks is not None:
+            self.guard.add(process.pgid, ticks)
         self._write()
         log.log(
             logging.INFO if background else logging.DEBUG,
@@ -554,8 +743,10 @@ class ProcessTable(KernelService):
 
     def forget(self, process: HostProcess) -> None:
         """The leader was reaped."""
-        if self._processes.pop(process.pid, None) is process and not self._closed:
-            self._write()
+        if self._processes.pop(process.pid, None) is process:
+            self.guard.remove(process.pgid)
+            if not self._closed:
+                self._write()
 
     # -- the table file ----------------------------------------------------------------------
 
@@ -640,6 +831,7 @@ class ProcessTable(KernelService):
         for process in list(self._processes.values()):
             process.close_now(max(0.0, deadline - time.monotonic()))
         self._processes.clear()
+        self.guard.close()  # kills whatever of a group the bounded reaping left behind
         with contextlib.suppress(OSError):
             self.path.unlink()
 

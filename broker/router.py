@@ -48,6 +48,8 @@ class WorkerRouter:
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # libzmq drops a peer that sends more than a frame may hold, before buffering it.
+        self._socket.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME_BYTES)
         self._socket.bind(endpoint)
         if endpoint.startswith("ipc://"):
             os.chmod(endpoint.removeprefix("ipc://"), 0o600)
@@ -89,7 +91,12 @@ class WorkerRouter:
                     "dropped a %d-part message (expected identity + one frame)", len(frames)
                 )
                 continue
-            self._handle(frames[0], frames[1])
+            try:
+                self._handle(frames[0], frames[1])
+            except Exception:
+                # One bad message must not stop the loop (the reader would never fire again
+                # for messages already queued).
+                log.exception("failed to handle a message")
         self._schedule_drain()
 
     def send(self, identity: bytes, data: bytes) -> None:
@@ -211,6 +218,29 @@ class WorkerRouter:
             raise HelloRefused(
                 f"stale generation {info.generation} (generation {existing.generation} is running)"
             )
+        if (
+            existing is not None
+            and existing.generation == info.generation
+            and existing.info.pid == info.pid
+            and existing.info.capsule_dir == info.capsule_dir
+        ):
+            # The running worker says hello again (it thought the broker was gone, or its
+            # connection was reset): resume its session, with its state and host processes.
+            if existing.identity != identity:
+                # A new connection: what the worker was asked on the old one, it drops.
+                sessions.remove(existing)
+                existing.identity = identity
+                sessions.add(existing)
+                current, existing.current = existing.current, None
+                if current is not None and not current.future.done():
+                    current.future.set_exception(
+                        InvocationFailed(
+                            f"capsule '{existing.name}' lost its connection to the broker"
+                        )
+                    )
+                assert self._loop is not None
+                self._loop.call_soon(self._pump, existing)  # after the welcome is sent
+            return existing
         capsule_dir = Path(info.capsule_dir)
         try:
             validate_capsule_id(info.capsule)

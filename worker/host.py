@@ -17,6 +17,11 @@ function does *not* trap, the guest would just see an empty result. So:
   nothing (value-returning ones trap again at once), and the worker reports the recorded error
   text as the invocation's result even if the guest manages to return normally. So after a
   denied call the guest performs no further effect, and the caller sees the spec's error text.
+
+The same path makes the guest trap when the worker cannot get an answer: the broker went away
+(``lost the connection to the broker``), or the invocation's call timeout expired while the host
+call was waiting for the broker (Extism cannot interrupt a host call, so the worker gives up on
+it; see :meth:`worker.channel.BrokerChannel.call`).
 """
 
 from __future__ import annotations
@@ -51,7 +56,9 @@ _SIGNAL_READY = BY_NAME["astrid_signal_ready"].index
 
 
 class Forwarder(Protocol):
-    def call(self, op: int, args: list[bytes]) -> tuple[bool, bytes | str]: ...
+    def call(
+        self, op: int, args: list[bytes], deadline: float | None = None
+    ) -> tuple[bool, bytes | str]: ...
 
 
 class _CancelHandle(Protocol):
@@ -61,10 +68,13 @@ class _CancelHandle(Protocol):
 class Invocation:
     """State of the guest call in progress."""
 
-    __slots__ = ("export", "trap_text")
+    __slots__ = ("deadline", "export", "trap_text")
 
-    def __init__(self, export: str) -> None:
+    def __init__(self, export: str, deadline: float | None = None) -> None:
         self.export = export
+        #: End of the call timeout (:func:`time.monotonic`), None without one: a host call
+        #: still waiting for the broker then gives up and the guest traps.
+        self.deadline = deadline
         self.trap_text: str | None = None
 
     @property
@@ -88,8 +98,8 @@ class HostBridge:
         """Give the bridge the plugin's cancel handle (needed to trap from void functions)."""
         self._cancel = plugin.cancel_handle()
 
-    def begin(self, export: str) -> Invocation:
-        self.current = Invocation(export)
+    def begin(self, export: str, deadline: float | None = None) -> Invocation:
+        self.current = Invocation(export, deadline)
         return self.current
 
     # ----------------------------------------------------------------------------------------
@@ -177,7 +187,7 @@ class HostBridge:
             except InvalidOffset as exc:
                 self._trap(plugin, invocation, str(exc), outputs)
                 return
-            ok, payload = self._forwarder.call(op, args)
+            ok, payload = self._forwarder.call(op, args, invocation.deadline)
             if not ok:
                 assert isinstance(payload, str)
                 self._trap(plugin, invocation, payload, outputs)

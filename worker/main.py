@@ -7,9 +7,11 @@ the supervisor whether a restart can help.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,6 +21,7 @@ from setproctitle import setproctitle
 from astrid_core.launch import Event, ExitCode, StatusEvent, WorkerLaunch
 from astrid_core.manifest import ManifestError, load_manifest
 from astrid_core.wire import HelloInfo
+from worker import channel as channel_module
 from worker.channel import BrokerChannel, BrokerLost, HelloRejected, ShutdownRequested
 from worker.host import HostBridge
 from worker.runtime import CALL_TIMEOUT_MS, CapsuleRuntime, Outcome
@@ -58,6 +61,50 @@ def _run_lifecycle(wasm: bytes, bridge: HostBridge, lifecycle: dict[str, Any]) -
         return Outcome(True, b"")
     log.info("running %s", export)
     return runtime.invoke(export, data)
+
+
+def _stuck_handler(status: _Status, timeout_ms: int) -> Callable[[str, float], None]:
+    """What the watchdog does with a guest that ignored its call timeout (it runs in the
+    watchdog's thread while the main thread is stuck in the guest): report and exit at once."""
+
+    def on_stuck(export: str, elapsed: float) -> None:
+        reason = (
+            f"timeout: the guest ignored its {timeout_ms / 1000:g} s call timeout "
+            f"({export} ran {elapsed:.0f} s)"
+        )
+        # No logging and no flush: the stuck main thread may hold their locks.
+        with contextlib.suppress(OSError):
+            os.write(2, f"ERROR {reason}\n".encode())
+        status.send(StatusEvent(Event.STOPPING, reason))
+        os._exit(int(ExitCode.TIMEOUT))
+
+    return on_stuck
+
+
+def _resume(status: _Status, channel: BrokerChannel) -> None:
+    """The broker went away while this tool capsule was serving: wait for the one the
+    supervisor restarts and authenticate again, or exit for a restart."""
+    log.warning(
+        "lost the connection to the broker: waiting up to %g s for it to come back",
+        channel_module.RECONNECT_TIMEOUT_S,
+    )
+    try:
+        welcome = channel.reconnect()
+    except HelloRejected as exc:
+        # Restarting this generation cannot help; a new one says hello from scratch.
+        reason = f"the broker refused the reconnection: {exc}"
+        log.error("%s", reason)
+        _exit(status, ExitCode.TEMPFAIL, StatusEvent(Event.STOPPING, reason))
+    except BrokerLost as exc:
+        log.error("%s", exc)
+        _exit(status, ExitCode.TEMPFAIL, StatusEvent(Event.STOPPING, str(exc)))
+    lifecycle = welcome.get("lifecycle")
+    if isinstance(lifecycle, dict):
+        # The new broker wants a hook first: a fresh worker runs it on the normal path.
+        reason = f"the broker asks for {lifecycle.get('export')} after reconnecting"
+        log.warning("%s: exiting for a restart", reason)
+        _exit(status, ExitCode.TEMPFAIL, StatusEvent(Event.STOPPING, reason))
+    log.info("reconnected to the broker (pid %s)", welcome.get("broker_pid"))
 
 
 def run(launch: WorkerLaunch) -> NoReturn:
@@ -102,7 +149,8 @@ def run(launch: WorkerLaunch) -> NoReturn:
             fatal(f"lifecycle hook {lifecycle['export']} failed: {outcome.payload!s}")
     timeout_ms = None if has_run or manifest.is_daemon else CALL_TIMEOUT_MS
     try:
-        runtime = CapsuleRuntime(wasm, bridge, timeout_ms)
+        on_stuck = None if timeout_ms is None else _stuck_handler(status, timeout_ms)
+        runtime = CapsuleRuntime(wasm, bridge, timeout_ms, on_stuck)
     except extism.Error as exc:
         fatal(f"cannot load the capsule's wasm: {exc}")
     if runtime.exports("run") != has_run:
@@ -111,19 +159,33 @@ def run(launch: WorkerLaunch) -> NoReturn:
     status.send(StatusEvent(Event.LOADED, has_run=has_run))
     try:
         if has_run:
+            epoch = channel.epoch
             outcome = runtime.invoke("run", b"")
             reason = "run returned" if outcome.ok else f"trap: {outcome.payload!s}"
             if channel.shutdown_reason is not None:
                 _exit(status, ExitCode.OK, StatusEvent(Event.STOPPING, channel.shutdown_reason))
-            if channel.lost:
+            if channel.lost or channel.epoch != epoch:
+                # The broker went away under the run loop (it lost its state there): a run
+                # cannot resume, a new worker starts it again.
                 _exit(status, ExitCode.TEMPFAIL, StatusEvent(Event.STOPPING, reason))
             log.error("run loop ended: %s", reason)
             _exit(status, ExitCode.TRAP, StatusEvent(Event.STOPPING, reason))
         status.send(StatusEvent(Event.READY))
         while True:
-            invocation = channel.next_invocation()
+            try:
+                epoch, invocation = channel.next_invocation()
+            except BrokerLost:
+                _resume(status, channel)
+                continue
             outcome = runtime.invoke(invocation.export, invocation.input)
-            channel.answer(invocation.seq, outcome.ok, outcome.payload)
+            if not channel.answer(invocation.seq, outcome.ok, outcome.payload, epoch):
+                log.warning(
+                    "%s (invocation %d) ended while the broker was away, its outcome is "
+                    "dropped: %s",
+                    invocation.export,
+                    invocation.seq,
+                    "ok" if outcome.ok else f"trap: {outcome.payload!s}",
+                )
     except ShutdownRequested as exc:
         _exit(status, ExitCode.OK, StatusEvent(Event.STOPPING, f"shutdown: {exc}"))
     except BrokerLost as exc:

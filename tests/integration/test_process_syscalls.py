@@ -599,8 +599,14 @@ def test_a_broker_killed_with_sigkill_leaves_no_host_process(tree: Tree) -> None
     single = entry_for(tree.home, "hosted", "sleep 300")
     broker = tree.row("broker")
     assert broker is not None and broker["pid"]
+    # The broker's orphan guard (the cleanup for when the supervisor died too) goes as well.
+    [guard] = [
+        child.pid
+        for child in psutil.Process(broker["pid"]).children()
+        if "astrid orphan guard" in " ".join(child.cmdline())
+    ]
     os.kill(broker["pid"], signal.SIGKILL)
-    everything = [*members, single["pid"]]
+    everything = [*members, single["pid"], guard]
     wait_until(
         lambda: not any(alive(pid) for pid in everything), timeout=5, what="no host process left"
     )

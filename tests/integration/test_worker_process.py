@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -14,6 +15,7 @@ import zmq
 from astrid_core import wire
 from astrid_core.launch import Event, ExitCode
 from astrid_core.wire import Hello, Status
+from tests import harness
 from tests.harness import Runtime
 
 pytestmark = pytest.mark.integration
@@ -76,16 +78,34 @@ def test_an_invalid_manifest_is_fatal(
     assert failed.fatal and "invalid version '1.0'" in failed.reason
 
 
-def test_a_worker_that_loses_the_broker_exits_for_a_restart(
+@pytest.fixture
+def short_reconnect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers started by the harness wait 3 s (not 60) for a lost broker to come back."""
+    marker = 'resolve_entry("broker.main:run"'
+    assert marker in harness._LAUNCHER
+    patched = harness._LAUNCHER.replace(
+        marker, "import worker.channel\nworker.channel.RECONNECT_TIMEOUT_S = 3.0\n" + marker
+    )
+    monkeypatch.setattr(harness, "_LAUNCHER", patched)
+
+
+@pytest.mark.usefixtures("short_reconnect")
+def test_a_worker_that_loses_the_broker_waits_for_it_then_exits_for_a_restart(
     runtime: Runtime, capsules: dict[str, Path]
 ) -> None:
+    """A tool capsule waits for the broker to come back (tests/integration/
+    test_worker_resilience.py shows it resuming), but not forever."""
     worker = runtime.start_worker(capsules["hello-tool"])
     assert runtime.broker is not None
     runtime.broker.process.send_signal(signal.SIGKILL)
-    assert worker.process.wait(10) == ExitCode.TEMPFAIL
+    started = time.monotonic()
+    assert worker.process.wait(15) == ExitCode.TEMPFAIL
+    assert 3 <= time.monotonic() - started < 10
     worker.read_events(1)
     assert worker.events[-1].event == Event.STOPPING
-    assert "lost the connection to the broker" in worker.events[-1].reason
+    assert worker.events[-1].reason == (
+        "lost the connection to the broker; no broker answered within 3 s"
+    )
 
 
 def test_a_worker_that_finds_no_broker_gives_up(tmp_path: Path, capsules: dict[str, Path]) -> None:
