@@ -1,4 +1,4 @@
-"""The ``astrid`` command line: ``ps``, ``kill`` and ``call``.
+"""The ``astrid`` command line: ``ps``, ``kill``, ``call``, ``restart``/``stop``/``start``, ...
 
 ``ps`` and ``kill`` work from the supervisor's status file and psutil alone, so they keep working
 when the broker is down; they also cover the host processes that capsules spawned, listed by the
@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -425,6 +425,106 @@ def _print_rich(rows: Sequence[ProcessRow]) -> None:
     console.print(table)
 
 
+@dataclass(eq=False)
+class TreeNode:
+    """One process of ``astrid ps --tree`` and the processes drawn beneath it."""
+
+    row: ProcessRow
+    children: list[TreeNode] = field(default_factory=list)
+
+
+def process_tree(rows: Sequence[ProcessRow]) -> TreeNode | None:
+    """The rows of :func:`collect_rows` as a tree: the supervisor, beneath it the broker and the
+    workers, beneath each worker the host processes its capsule spawned (beneath the broker, the
+    host processes of capsules the status file does not know)."""
+    root = broker = None
+    workers: dict[str, TreeNode] = {}
+    hosts: list[ProcessRow] = []
+    for row in rows:
+        if row.role == "supervisor":
+            root = TreeNode(row)
+        elif row.role == "host":
+            hosts.append(row)
+        else:
+            node = TreeNode(row)
+            if row.role == "broker":
+                broker = node
+            else:
+                workers[row.name] = node
+    if root is None:
+        return None
+    if broker is not None:
+        root.children.append(broker)
+    root.children.extend(workers.values())
+    for row in hosts:
+        parent = workers.get(row.capsule or "") or broker or root
+        parent.children.append(TreeNode(row))
+    return root
+
+
+def _tree_fields(row: ProcessRow) -> list[tuple[str, str]]:
+    """The label of a tree node as (field, text) pairs; unknown values are left out."""
+    name = row.command if row.role == "host" and row.command is not None else row.name
+    fields = [("name", name), ("state", row.state)]
+    if row.pid is not None:
+        fields.append(("pid", f"pid {row.pid}"))
+    if row.uptime_s is not None:
+        fields.append(("uptime", f"up {format_uptime(row.uptime_s)}"))
+    if row.rss_bytes is not None:
+        fields.append(("rss", f"rss {format_rss(row.rss_bytes)} MiB"))
+    if row.cpu_s is not None:
+        fields.append(("cpu", f"cpu {format_cpu_time(row.cpu_s)}"))
+    if row.restarts:
+        fields.append(("restarts", f"restarts {row.restarts}"))
+    if row.last_exit:
+        fields.append(("last_exit", f"last exit: {row.last_exit}"))
+    return fields
+
+
+def tree_label(row: ProcessRow) -> str:
+    return "  ".join(text for _, text in _tree_fields(row))
+
+
+def render_tree_plain(root: TreeNode) -> str:
+    """The tree as indented plain text (two spaces per level), for pipes and files."""
+    lines: list[str] = []
+
+    def walk(node: TreeNode, depth: int) -> None:
+        lines.append("  " * depth + tree_label(node.row))
+        for child in node.children:
+            walk(child, depth + 1)
+
+    walk(root, 0)
+    return "\n".join(lines)
+
+
+def _print_rich_tree(root: TreeNode) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    def label(row: ProcessRow) -> str:
+        parts = []
+        for kind, text in _tree_fields(row):
+            markup = escape(text)
+            if kind == "name":
+                markup = f"[bold]{markup}[/]"
+            elif kind == "state" and (style := _STATE_STYLES.get(row.state)):
+                markup = f"[{style}]{markup}[/]"
+            elif kind == "last_exit":
+                markup = f"[dim]{markup}[/]"
+            parts.append(markup)
+        return "  ".join(parts)
+
+    def add(branch: Tree, node: TreeNode) -> None:
+        for child in node.children:
+            add(branch.add(label(child.row)), child)
+
+    tree = Tree(label(root.row), guide_style="dim")
+    add(tree, root)
+    Console().print(tree)
+
+
 def _require_running(home: AstridHome) -> StatusFile:
     status = read_status(status_path(home.state_dir()))
     if status is None or live_process(status.supervisor.pid, status.supervisor.create_time) is None:
@@ -449,6 +549,13 @@ def cmd_ps(home: AstridHome, args: argparse.Namespace) -> int:
             "processes": [row.to_json() for row in rows],
         }
         print(json.dumps(document, indent=2))
+    elif args.tree:
+        root = process_tree(rows)
+        assert root is not None  # collect_rows always starts with the supervisor
+        if sys.stdout.isatty():
+            _print_rich_tree(root)
+        else:
+            print(render_tree_plain(root))
     elif sys.stdout.isatty():
         _print_rich(rows)
     else:
@@ -521,6 +628,28 @@ def cmd_kill(home: AstridHome, args: argparse.Namespace) -> int:
         raise CliError(f"cannot signal {target.description} (pid {target.pid}): {exc}") from None
     print(f"sent {sig.name} to {target.description} (pid {target.pid})")
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# logs
+
+
+def cmd_logs(home: AstridHome, args: argparse.Namespace) -> int:
+    from supervisor.logs import LogsError, show_logs
+
+    if args.previous and args.follow:
+        args.parser.error("--previous cannot be combined with -f: that generation has ended")
+    try:
+        return show_logs(
+            home,
+            args.capsule,
+            lines=args.lines,
+            since=args.since,
+            previous=args.previous,
+            follow=args.follow,
+        )
+    except LogsError as exc:
+        raise CliError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -658,6 +787,49 @@ def cmd_elicit(home: AstridHome, args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# restart, stop, start: requests to the supervisor's control socket
+
+DEFAULT_CONTROL_TIMEOUT: Final = 60.0
+
+
+def _control(home: AstridHome, command: str, capsule: str, timeout: float) -> int:
+    from supervisor.control import (
+        ControlError,
+        ControlTimeoutError,
+        NotRunningError,
+        send_request,
+    )
+
+    try:
+        answer = send_request(home, {"command": command, "capsule": capsule}, timeout=timeout)
+    except NotRunningError:
+        raise CliError(f"astrid-supervisor is not running (home: {home.root()})") from None
+    except ControlTimeoutError:
+        raise CliError(
+            f"no answer within {timeout:g} s; the {command} of {capsule} may still be under way "
+            "(see `astrid ps`)"
+        ) from None
+    except ControlError as exc:
+        raise CliError(exc.message) from None
+    if not answer["ok"]:
+        raise CliError(str(answer.get("error") or f"{command} {capsule}: refused"))
+    print(answer.get("message") or f"{command} {capsule}: done")
+    return 0
+
+
+def cmd_restart(home: AstridHome, args: argparse.Namespace) -> int:
+    return _control(home, "restart", args.capsule, args.timeout)
+
+
+def cmd_stop(home: AstridHome, args: argparse.Namespace) -> int:
+    return _control(home, "stop", args.capsule, args.timeout)
+
+
+def cmd_start(home: AstridHome, args: argparse.Namespace) -> int:
+    return _control(home, "start", args.capsule, args.timeout)
+
+
+# --------------------------------------------------------------------------------------------
 # Argument parsing
 
 
@@ -693,6 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  astrid ps                          show every process of the tree\n"
             "  astrid kill counter --signal KILL  kill the worker of capsule 'counter'\n"
+            "  astrid restart counter             restart it (also when FATAL)\n"
             '  astrid call echo say \'{"text": "hi"}\'\n'
             "\n"
             "The home is --home, else $ASTRID_HOME, else ~/.astrid."
@@ -720,9 +893,22 @@ def build_parser() -> argparse.ArgumentParser:
             "Works from the supervisor's status file and psutil alone: the broker\n"
             "does not need to be up. Exits with status 1 when the supervisor is not running."
         ),
-        epilog="examples:\n  astrid ps\n  astrid ps --json | jq '.processes[] | .name'",
+        epilog=(
+            "examples:\n"
+            "  astrid ps\n"
+            "  astrid ps --tree\n"
+            "  astrid ps --json | jq '.processes[] | .name'"
+        ),
     )
-    ps.add_argument("--json", action="store_true", help="print a JSON document instead of a table")
+    ps_format = ps.add_mutually_exclusive_group()
+    ps_format.add_argument(
+        "--json", action="store_true", help="print a JSON document instead of a table"
+    )
+    ps_format.add_argument(
+        "--tree",
+        action="store_true",
+        help="draw the tree: supervisor, broker and workers, host processes under their capsule",
+    )
     ps.set_defaults(handler=cmd_ps)
 
     kill = commands.add_parser(
@@ -753,6 +939,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="signal name or number (default: TERM)",
     )
     kill.set_defaults(handler=cmd_kill)
+
+    from supervisor.logs import DEFAULT_LINES, non_negative_int, parse_since
+
+    logs = commands.add_parser(
+        "logs",
+        parents=[home_after],
+        help="print the log of a capsule, the broker or the supervisor",
+        formatter_class=_FORMATTER,
+        description=(
+            "Print the last records of logs/CAPSULE.log: the capsule's astrid_log records and its\n"
+            "worker's stdout/stderr, one line each (time, level, capsule[generation], message),\n"
+            "read across the rotated files (CAPSULE.log.1 ...). CAPSULE may also be `broker` or\n"
+            "`supervisor`. --previous shows the generation before the current one (the worker\n"
+            "that crashed) of the supervisor's current or last run. -f keeps printing what is\n"
+            "appended, across rotations, until Ctrl-C."
+        ),
+        epilog=(
+            "examples:\n"
+            "  astrid logs counter                 the last 100 records\n"
+            "  astrid logs counter -f -n 10        the last 10, then follow\n"
+            "  astrid logs counter --previous      the crashed worker's last records\n"
+            "  astrid logs broker --since 10m      the broker's records of the last 10 minutes"
+        ),
+    )
+    logs.add_argument("capsule", metavar="CAPSULE", help="a capsule name, broker or supervisor")
+    logs.add_argument("-f", "--follow", action="store_true", help="print new records as they come")
+    logs.add_argument(
+        "-n",
+        "--lines",
+        metavar="N",
+        type=non_negative_int,
+        default=DEFAULT_LINES,
+        help=f"print the last N records, 0 for all (default: {DEFAULT_LINES})",
+    )
+    logs.add_argument(
+        "--previous",
+        "-p",
+        action="store_true",
+        help="the records of the generation before the current one",
+    )
+    logs.add_argument(
+        "--since",
+        metavar="TIME",
+        type=parse_since,
+        help="only records from TIME on: 30s, 10m, 2h, 1d ago or an ISO time (local unless Z)",
+    )
+    logs.set_defaults(handler=cmd_logs, parser=logs)
 
     call = commands.add_parser(
         "call",
@@ -916,6 +1149,77 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", metavar="S", type=_positive_float, help="with --follow: stop after S seconds"
     )
     elicit.set_defaults(handler=cmd_elicit)
+
+    control_timeout_help = (
+        f"seconds to wait for the supervisor's answer (default: {DEFAULT_CONTROL_TIMEOUT:g})"
+    )
+    restart = commands.add_parser(
+        "restart",
+        parents=[home_after],
+        help="restart a capsule's worker (also a FATAL one)",
+        formatter_class=_FORMATTER,
+        description=(
+            "Stop the worker of CAPSULE (SIGTERM to its process group, SIGKILL after the grace\n"
+            "period) and start it again at once, whatever its state: a FATAL or STOPPED capsule\n"
+            "starts too, and its restart history is forgotten. Waits until the new worker is\n"
+            "READY; exit status 1 if it fails first. Needs the running supervisor."
+        ),
+        epilog="examples:\n  astrid restart counter\n  astrid restart counter --timeout 120",
+    )
+    restart.add_argument("capsule", metavar="CAPSULE", help="the capsule's name")
+    restart.add_argument(
+        "--timeout",
+        metavar="S",
+        type=_positive_float,
+        default=DEFAULT_CONTROL_TIMEOUT,
+        help=control_timeout_help,
+    )
+    restart.set_defaults(handler=cmd_restart)
+
+    stop = commands.add_parser(
+        "stop",
+        parents=[home_after],
+        help="stop a capsule's worker and keep it stopped",
+        formatter_class=_FORMATTER,
+        description=(
+            "Stop the worker of CAPSULE (SIGTERM to its process group, SIGKILL after the grace\n"
+            "period) and keep it STOPPED: it is not restarted until `astrid start` or\n"
+            "`astrid restart`. Capsules that depend on it keep running. Waits until the worker\n"
+            "has exited."
+        ),
+        epilog="examples:\n  astrid stop counter",
+    )
+    stop.add_argument("capsule", metavar="CAPSULE", help="the capsule's name")
+    stop.add_argument(
+        "--timeout",
+        metavar="S",
+        type=_positive_float,
+        default=DEFAULT_CONTROL_TIMEOUT,
+        help=control_timeout_help,
+    )
+    stop.set_defaults(handler=cmd_stop)
+
+    start = commands.add_parser(
+        "start",
+        parents=[home_after],
+        help="start a STOPPED or FATAL capsule",
+        formatter_class=_FORMATTER,
+        description=(
+            "Start the worker of a STOPPED or FATAL capsule (or of one waiting in BACKOFF) now,\n"
+            "with its restart history forgotten. Waits until it is READY; exit status 1 if it\n"
+            "fails first. A capsule that is already running is left alone (exit status 0)."
+        ),
+        epilog="examples:\n  astrid start counter",
+    )
+    start.add_argument("capsule", metavar="CAPSULE", help="the capsule's name")
+    start.add_argument(
+        "--timeout",
+        metavar="S",
+        type=_positive_float,
+        default=DEFAULT_CONTROL_TIMEOUT,
+        help=control_timeout_help,
+    )
+    start.set_defaults(handler=cmd_start)
     return parser
 
 

@@ -10,7 +10,7 @@ The rules (DESIGN §7, spec/peers.md §1, lesson 1):
 * Consecutive failures of short runs back off exponentially (``base_delay * factor**n``, with
   ±``jitter``, capped at ``max_delay``), so a crash loop never eats the supervisor's time.
 * More than ``max_restarts`` restarts within ``window`` seconds gives up: the process is FATAL until
-  an operator acts.
+  an operator acts (``astrid start``/``astrid restart``, which call :meth:`RestartTracker.reset`).
 
 The tracker is keyed by the process's stable identity (the capsule name, or the broker), never by
 a generation, so that the limit does trip (upstream astrid #1541).
@@ -93,6 +93,12 @@ class RestartTracker:
 
     def on_start(self, now: float) -> None:
         self._started_at = now
+
+    def reset(self) -> None:
+        """Forget the failure history: an operator restarted or started the process by hand, so
+        the window starts afresh and the next failure restarts at once."""
+        self._restarts.clear()
+        self._consecutive = 0
 
     def on_exit(self, now: float) -> Decision:
         policy = self._policy

@@ -13,7 +13,10 @@ Schema (version 1; times are UNIX seconds as floats)::
                    "started_at", "last_exit", "has_run"}]}
 
 ``pid``, ``create_time``, ``started_at`` and ``last_exit`` are ``null`` when not applicable
-(no process, never exited). ``state`` is one of :class:`ProcState`.
+(no process, never exited). ``state`` is one of :class:`ProcState`. ``last_exit`` says how the
+last generation ended, and why when the supervisor ended it: ``killed by SIGKILL: memory: RSS
+80.2 MiB over the 64 MiB limit``, ``...: not ready within 10 s``, ``...: stopped by the
+operator``.
 """
 
 from __future__ import annotations

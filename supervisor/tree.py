@@ -6,15 +6,19 @@ into ``logs/``, keeps ``state/supervisor.json`` current and stops everything on 
 
 Everything happens in one thread around a :class:`selectors.DefaultSelector`: signals arrive
 through :func:`signal.set_wakeup_fd`, children report on their status pipes, their output comes
-through per-capsule log pipes, and delays (backoff, readiness, grace periods) are timers on a
-heap. No thread, ZeroMQ context or wasm engine is ever created here: forking after any of them
-hangs children (spec/perf-baselines.md §4b).
+through per-capsule log pipes, operators' requests through the control socket
+(``run/supervisor.sock``, :mod:`supervisor.control`), and delays (backoff, readiness, grace
+periods, the memory check) are timers on a heap. No thread, ZeroMQ context or wasm engine is
+ever created here: forking after any of them hangs children (spec/perf-baselines.md §4b).
+
+The settings come from :class:`~supervisor.config.SupervisorConfig` (``supervisor.toml``).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import enum
 import fcntl
 import heapq
@@ -53,6 +57,12 @@ from astrid_core.launch import (
 from astrid_core.logfile import LogFile, utc_timestamp
 from astrid_core.wire import HelloInfo, derive_worker_secret
 from supervisor.astrid_cli import HOST_TABLE_FILE, read_host_processes
+from supervisor.config import (
+    DEFAULT_GRACE,
+    DEFAULT_READY_TIMEOUT,
+    SupervisorConfig,
+)
+from supervisor.control import ControlServer, Reply, control_socket_path
 from supervisor.forking import (
     compile_cache_dir,
     fork_child,
@@ -83,8 +93,6 @@ __all__ = [
 
 log = logging.getLogger("astrid.supervisor")
 
-DEFAULT_GRACE: Final = 5.0
-DEFAULT_READY_TIMEOUT: Final = 10.0
 BROKER_READY_TIMEOUT: Final = 15.0
 #: A log line longer than this is written out in pieces.
 MAX_LOG_LINE: Final = 64 * 1024
@@ -94,6 +102,7 @@ MAX_SOCKET_PATH: Final = 107
 LONG_ENDPOINT_PATH: Final = 100
 #: How long to wait for processes to disappear after SIGKILL before giving up on them.
 KILL_WAIT: Final = 5.0
+_MIB: Final = 1024 * 1024
 #: Broker stderr lines kept for the error report when it fails to start.
 _STDERR_TAIL: Final = 20
 _READ_SIZE: Final = 65536
@@ -257,8 +266,23 @@ class _Proc:
     last_exit: str | None = None
     #: The last reason a status event gave (FAILED, STOPPING), for the exit report.
     reason: str = ""
+    #: Why the supervisor ended this generation (readiness timeout, memory, operator); it takes
+    #: precedence over ``reason`` in the exit report.
+    kill_reason: str | None = None
     fatal_reason: str | None = None
     stopping: bool = False
+    #: Stopped by an operator: not restarted, not started with the others, until started again.
+    held: bool = False
+    #: What an operator asked for while the process still runs: "stop" or "restart" at its exit.
+    pending_op: str | None = None
+    #: Operators' requests answered when the process is next READY (or fails to be).
+    ready_waiters: list[_ReadyWaiter] = field(default_factory=list)
+    #: Operators' requests answered when the process has exited.
+    exit_waiters: list[Reply] = field(default_factory=list)
+    #: The psutil handle of the current generation (RSS samples).
+    ps: psutil.Process | None = None
+    #: The worker's RSS limit in MiB (None: no limit).
+    rss_limit: float | None = None
     status_fd: int | None = None
     status_buffer: bytearray = field(default_factory=bytearray)
     ready_timer: _Timer | None = None
@@ -273,13 +297,22 @@ class _Proc:
 
     @property
     def started(self) -> bool:
-        return self.state is not None
+        """Whether it was ever forked (a worker may wait for its providers, or be held)."""
+        return self.generation > 0
 
     def cancel_timers(self) -> None:
         for timer in (self.ready_timer, self.restart_timer, self.kill_timer):
             if timer is not None:
                 timer.cancel()
         self.ready_timer = self.restart_timer = self.kill_timer = None
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadyWaiter:
+    reply: Reply
+    #: "started" or "restarted", for the answer.
+    verb: str
+    previous_pid: int | None
 
 
 @dataclass(eq=False)
@@ -306,9 +339,13 @@ class _Phase(enum.Enum):
 class Supervisor:
     """The root of the process tree (``astrid-supervisor up``).
 
-    ``broker_entry``/``worker_entry`` name the functions the children run (tests substitute
-    fakes); ``preload`` the modules imported before any fork; ``ready_timeout`` how long a worker
-    may take to report READY; ``grace`` how long a process may take to exit after SIGTERM.
+    ``config`` holds the settings of ``supervisor.toml``; ``grace`` (how long a process may
+    take to exit after SIGTERM), ``ready_timeout`` (how long a worker may take to report READY),
+    ``policy`` (every capsule's restart policy, before the configuration's per-capsule
+    overrides) and ``broker_policy`` override it when given. ``broker_entry``/``worker_entry``
+    name the functions the children run (tests substitute fakes); ``preload`` the modules
+    imported before any fork; ``on_running`` is called once, when the broker is first READY
+    (``astrid-supervisor up --detach`` reports the start then).
     """
 
     def __init__(
@@ -316,8 +353,9 @@ class Supervisor:
         home: AstridHome,
         workspace: Path,
         *,
-        grace: float = DEFAULT_GRACE,
-        ready_timeout: float = DEFAULT_READY_TIMEOUT,
+        config: SupervisorConfig | None = None,
+        grace: float | None = None,
+        ready_timeout: float | None = None,
         broker_ready_timeout: float = BROKER_READY_TIMEOUT,
         policy: RestartPolicy | None = None,
         broker_policy: RestartPolicy | None = None,
@@ -326,16 +364,25 @@ class Supervisor:
         preload: Sequence[str] = PRELOAD_MODULES,
         cache_dir: Path | None = None,
         log_to_stderr: bool = True,
+        on_running: Callable[[], None] | None = None,
     ) -> None:
+        config = config or SupervisorConfig()
+        if policy is not None:
+            config = dataclasses.replace(config, restart=policy)
+        grace = config.grace if grace is None else grace
+        ready_timeout = config.ready_timeout if ready_timeout is None else ready_timeout
         if grace < 0 or ready_timeout <= 0 or broker_ready_timeout <= 0:
             raise ValueError("timeouts must be positive")
         self.home = home
         self.workspace = workspace
+        self.config = config
         self.grace = grace
         self.ready_timeout = ready_timeout
         self.broker_ready_timeout = broker_ready_timeout
-        self.policy = policy or RestartPolicy()
-        self.broker_policy = broker_policy or RestartPolicy()
+        self.policy = config.restart
+        self.broker_policy = broker_policy or config.broker_restart
+        self.memory_check_interval = config.memory_check_interval
+        self.on_running = on_running
         self.broker_entry = broker_entry
         self.worker_entry = worker_entry
         self.preload = tuple(preload)
@@ -365,6 +412,8 @@ class Supervisor:
         self._dependents: dict[str, list[str]] = {}
         self._start_order: list[_Worker] = []
         self._by_pid: dict[int, _Proc] = {}
+        self._control: ControlServer | None = None
+        self._memory_timer: _Timer | None = None
 
     # ---------------------------------------------------------------------------------------
     # Public entry point
@@ -410,6 +459,10 @@ class Supervisor:
             home.root(),
             self.workspace,
         )
+        config_path = self.config.path
+        log.info(
+            "configuration: %s", config_path if config_path is not None else "built-in defaults"
+        )
         self._setup_compile_cache()
         self._preload()
         self._selector = selectors.DefaultSelector()
@@ -417,6 +470,7 @@ class Supervisor:
         self._endpoint = self._make_endpoint()
         self._master_key = bytearray(secrets.token_bytes(32))
         self._setup_signals()
+        self._open_control()
         self._broker = self._new_proc(_Proc, "broker", "broker", self.broker_policy)
         self._status_dirty = True
         self._flush_status()
@@ -488,8 +542,10 @@ class Supervisor:
                     capsule.name,
                 )
             providers = [] if ordering.cycle else ordering.providers.get(capsule.name, [])
-            worker = self._new_proc(_Worker, capsule.name, "worker", self.policy)
+            policy = self.config.policy_for(capsule.name)
+            worker = self._new_proc(_Worker, capsule.name, "worker", policy)
             worker.capsule_dir = capsule.dir
+            worker.rss_limit = self.config.rss_limit_for(capsule.name)
             worker.providers = [p for p in providers if p != capsule.name]
             self._workers.append(worker)
             self._by_name[capsule.name] = worker
@@ -498,6 +554,12 @@ class Supervisor:
             for provider in worker.providers:
                 if provider in self._dependents:
                     self._dependents[provider].append(worker.name)
+        for name in self.config.capsules:
+            if name not in self._by_name:
+                log.warning(
+                    "the configuration has settings for %r, which is not a discovered capsule",
+                    name,
+                )
         if self._workers:
             log.info(
                 "%d capsule(s), start order: %s",
@@ -530,6 +592,20 @@ class Supervisor:
             path = self._endpoint_tmpdir / "broker.ipc"
             log.info("the broker endpoint moved to %s (the home's run/ path is too long)", path)
         return f"ipc://{path}"
+
+    def _open_control(self) -> None:
+        assert self._selector is not None
+        server = ControlServer(
+            control_socket_path(self.home),
+            self._selector,
+            self._on_control,
+            call_later=self._timers.call_later,
+        )
+        try:
+            server.open()
+        except OSError as exc:
+            raise SupervisorError(f"cannot open the control socket {server.path}: {exc}") from None
+        self._control = server
 
     def _setup_signals(self) -> None:
         assert self._selector is not None
@@ -617,7 +693,7 @@ class Supervisor:
         worker.restart_timer = None
         if self._phase != _Phase.RUNNING:
             return
-        if not worker.started:
+        if worker not in self._start_order:
             self._start_order.append(worker)
         generation = self._next_generation(worker)
         status_r, status_w = os.pipe()
@@ -678,8 +754,10 @@ class Supervisor:
         proc.generation = generation
         proc.state = ProcState.STARTING
         proc.reason = ""
+        proc.kill_reason = None
         proc.fatal_reason = None
         proc.stopping = False
+        proc.pending_op = None
         proc.started_at = time.time()
         proc.started_mono = time.monotonic()
         proc.tracker.on_start(proc.started_mono)
@@ -702,7 +780,8 @@ class Supervisor:
         os.close(status_w)
         os.set_blocking(status_r, False)
         proc.pid = pid
-        proc.create_time = _create_time(pid)
+        proc.ps = _ps_process(pid)
+        proc.create_time = _create_time(proc.ps)
         proc.status_fd = status_r
         proc.status_buffer.clear()
         self._by_pid[pid] = proc
@@ -715,7 +794,7 @@ class Supervisor:
         if self._phase != _Phase.RUNNING:
             return
         for worker in self._workers:
-            if worker.started:
+            if worker.started or worker.held:
                 continue
             states = {p: self._by_name[p].state for p in worker.providers if p in self._by_name}
             if any(
@@ -812,18 +891,210 @@ class Supervisor:
         self._status_dirty = True
         elapsed_ms = (time.monotonic() - proc.started_mono) * 1000
         log.info("%s READY (pid %d) in %.1f ms", proc.name, proc.pid, elapsed_ms)
+        waiters, proc.ready_waiters = proc.ready_waiters, []
+        for waiter in waiters:
+            waiter.reply(self._ready_answer(proc, waiter))
         if proc is self._broker and self._phase == _Phase.STARTING:
             self._phase = _Phase.RUNNING
+            self._arm_memory_check()
+            self._notify_running()
         self._start_eligible()
+
+    def _notify_running(self) -> None:
+        callback, self.on_running = self.on_running, None
+        if callback is None:
+            return
+        try:
+            callback()
+        except Exception as exc:  # the tree runs on whether or not someone hears of it
+            log.warning("cannot report the start: %s", exc)
 
     def _on_ready_timeout(self, proc: _Proc) -> None:
         proc.ready_timer = None
         if proc.state != ProcState.STARTING or proc.pid is None or proc.stopping:
             return
         limit = self.broker_ready_timeout if proc is self._broker else self.ready_timeout
-        proc.reason = f"not ready within {limit:g} s"
-        log.error("%s %s: killing it", proc.tag, proc.reason)
+        proc.kill_reason = f"not ready within {limit:g} s"
+        log.error("%s %s: killing it", proc.tag, proc.kill_reason)
         kill_group(proc.pid, signal.SIGKILL)
+
+    # ---------------------------------------------------------------------------------------
+    # Memory limits
+
+    def _arm_memory_check(self) -> None:
+        if self._memory_timer is not None or self._phase != _Phase.RUNNING:
+            return
+        if any(worker.rss_limit is not None for worker in self._workers):
+            self._memory_timer = self._timers.call_later(
+                self.memory_check_interval, self._check_memory
+            )
+
+    def _check_memory(self) -> None:
+        """Sample every worker's RSS; SIGKILL the group of a worker over its limit."""
+        self._memory_timer = None
+        if self._phase != _Phase.RUNNING:
+            return
+        for worker in self._workers:
+            limit = worker.rss_limit
+            process = worker.ps
+            if limit is None or process is None or worker.pid is None:
+                continue
+            if worker.stopping or worker.kill_reason is not None:
+                continue
+            try:
+                rss = process.memory_info().rss
+            except (psutil.Error, OSError):
+                continue  # exiting: the reaper will see it
+            if rss <= limit * _MIB:
+                continue
+            worker.kill_reason = f"memory: RSS {rss / _MIB:.1f} MiB over the {limit:g} MiB limit"
+            log.error("%s %s: killing it", worker.tag, worker.kill_reason)
+            kill_group(worker.pid, signal.SIGKILL)
+        self._arm_memory_check()
+
+    # ---------------------------------------------------------------------------------------
+    # Operator control (run/supervisor.sock)
+
+    _COMMANDS: Final = ("restart", "shutdown", "start", "status", "stop")
+
+    def _on_control(self, request: dict[str, Any], reply: Reply) -> None:
+        command = request["command"]
+        if command == "status":
+            config = self.config.path
+            reply(
+                {
+                    "ok": True,
+                    "status": self._snapshot().to_json(),
+                    "config": str(config) if config is not None else None,
+                }
+            )
+            return
+        if command == "shutdown":
+            reply({"ok": True, "message": "shutting down", "pid": self._pid})
+            if self._phase not in (_Phase.STOPPING, _Phase.DONE):
+                log.info("shutdown requested on the control socket: shutting down")
+                self._begin_shutdown()
+            return
+        if command not in ("restart", "stop", "start"):
+            expected = ", ".join(self._COMMANDS)
+            reply({"ok": False, "error": f"unknown command {command!r} (expected: {expected})"})
+            return
+        name = request.get("capsule")
+        if not isinstance(name, str) or not name:
+            reply({"ok": False, "error": f"{command} needs a capsule name ('capsule')"})
+            return
+        worker = self._by_name.get(name)
+        if worker is None:
+            known = ", ".join(sorted(self._by_name)) or "none"
+            reply({"ok": False, "error": f"no capsule named {name!r} (known: {known})"})
+            return
+        if self._phase == _Phase.STARTING:
+            reply(
+                {
+                    "ok": False,
+                    "error": "the supervisor is still starting (the broker is not READY yet); "
+                    "try again in a moment",
+                }
+            )
+            return
+        if self._phase != _Phase.RUNNING:
+            reply({"ok": False, "error": "the supervisor is shutting down"})
+            return
+        log.info("%s %s requested on the control socket", command, name)
+        if command == "restart":
+            self._operator_restart(worker, reply)
+        elif command == "stop":
+            self._operator_stop(worker, reply)
+        else:
+            self._operator_start(worker, reply)
+
+    def _operator_restart(self, worker: _Worker, reply: Reply) -> None:
+        """SIGTERM, grace, SIGKILL to the group, then start at once; FATAL and the restart
+        window are forgotten. Answered when the new generation is READY (or fails)."""
+        worker.ready_waiters.append(_ReadyWaiter(reply, "restarted", worker.pid))
+        self._release(worker)
+        if worker.pid is None:
+            self._start_now(worker)
+            return
+        worker.pending_op = "restart"
+        if not worker.stopping:
+            worker.kill_reason = "restarted by the operator"
+            self._terminate(worker)
+
+    def _operator_stop(self, worker: _Worker, reply: Reply) -> None:
+        """Stop the worker and keep it STOPPED (its dependents run on). Answered at its exit."""
+        worker.held = True
+        if worker.restart_timer is not None:
+            worker.restart_timer.cancel()
+            worker.restart_timer = None
+        if worker.pid is not None:
+            worker.pending_op = "stop"
+            worker.exit_waiters.append(reply)
+            if not worker.stopping:
+                worker.kill_reason = "stopped by the operator"
+                self._terminate(worker)
+            return
+        previous = worker.state or "waiting for its providers"
+        worker.state = ProcState.STOPPED
+        self._status_dirty = True
+        log.info("%s is STOPPED (it was %s)", worker.name, previous)
+        reply(
+            {
+                "ok": True,
+                "message": f"{worker.name} was not running ({previous}); it stays STOPPED",
+                "capsule": worker.name,
+                "state": str(worker.state),
+            }
+        )
+        self._start_eligible()
+
+    def _operator_start(self, worker: _Worker, reply: Reply) -> None:
+        """Start a STOPPED, FATAL or BACKOFF capsule now. Answered when it is READY (or fails)."""
+        if worker.pid is not None and worker.pending_op is None:
+            reply(
+                {
+                    "ok": True,
+                    "message": (
+                        f"{worker.name} is already running ({worker.state}, pid {worker.pid})"
+                    ),
+                    "capsule": worker.name,
+                    "state": str(worker.state),
+                    "pid": worker.pid,
+                }
+            )
+            return
+        worker.ready_waiters.append(_ReadyWaiter(reply, "started", None))
+        self._release(worker)
+        if worker.pid is not None:
+            worker.pending_op = "restart"  # still stopping: start it again at its exit
+            return
+        self._start_now(worker)
+
+    def _release(self, worker: _Worker) -> None:
+        """An operator takes responsibility: forget FATAL, the hold and the failure history."""
+        worker.held = False
+        worker.fatal_reason = None
+        worker.tracker.reset()
+
+    def _start_now(self, worker: _Worker) -> None:
+        if worker.restart_timer is not None:
+            worker.restart_timer.cancel()
+            worker.restart_timer = None
+        self._start_worker(worker)
+
+    def _ready_answer(self, proc: _Proc, waiter: _ReadyWaiter) -> dict[str, Any]:
+        was = ""
+        if waiter.previous_pid is not None and waiter.previous_pid != proc.pid:
+            was = f", was {waiter.previous_pid}"
+        return {
+            "ok": True,
+            "message": f"{waiter.verb} {proc.name}: READY (pid {proc.pid}{was})",
+            "capsule": proc.name,
+            "state": str(proc.state),
+            "pid": proc.pid,
+            "restarts": proc.restarts,
+            "generation": proc.generation,
+        }
 
     # ---------------------------------------------------------------------------------------
     # Exits
@@ -849,9 +1120,11 @@ class Supervisor:
                 pipe.drain()
                 pipe.flush_partial()
         text = describe_exit(status)
-        if proc.reason:
-            text = f"{text}: {proc.reason}"
+        reason = proc.kill_reason or proc.reason
+        if reason:
+            text = f"{text}: {reason}"
         proc.pid = None
+        proc.ps = None
         proc.create_time = None
         proc.cancel_timers()
         code = os.waitstatus_to_exitcode(status)
@@ -880,6 +1153,13 @@ class Supervisor:
     def _after_exit(self, proc: _Proc, text: str, code: int) -> None:
         proc.last_exit = text
         self._status_dirty = True
+        try:
+            self._decide_after_exit(proc, text, code)
+        finally:
+            self._answer_after_exit(proc, text)
+
+    def _decide_after_exit(self, proc: _Proc, text: str, code: int) -> None:
+        operation, proc.pending_op = proc.pending_op, None
         if self._phase in (_Phase.STOPPING, _Phase.DONE):
             if proc.state != ProcState.FATAL:
                 proc.state = ProcState.STOPPED
@@ -888,6 +1168,15 @@ class Supervisor:
             return
         if proc is self._broker and self._phase == _Phase.STARTING:
             self._fail(f"broker failed to start: {text}", proc)
+            return
+        if isinstance(proc, _Worker) and operation == "stop":
+            proc.state = ProcState.STOPPED
+            log.info("%s stopped by the operator (%s)", proc.tag, text)
+            self._start_eligible()  # dependents still waiting for it start without it
+            return
+        if isinstance(proc, _Worker) and operation == "restart":
+            log.info("%s stopped (%s); restarting it", proc.tag, text)
+            self._start_worker(proc)
             return
         if code == ExitCode.CONFIG or proc.fatal_reason is not None:
             self._set_fatal(proc, text)
@@ -900,6 +1189,36 @@ class Supervisor:
         proc.state = ProcState.BACKOFF
         log.warning("%s exited (%s); restarting in %.2f s", proc.tag, text, decision.delay)
         proc.restart_timer = self._timers.call_later(decision.delay, lambda: self._restart(proc))
+
+    def _answer_after_exit(self, proc: _Proc, text: str) -> None:
+        """Answer the operators waiting on this exit, and those waiting for a READY that a
+        process which exited (and was not started again at once) will not reach."""
+        stop_waiters, proc.exit_waiters = proc.exit_waiters, []
+        for reply in stop_waiters:
+            reply(
+                {
+                    "ok": True,
+                    "message": f"stopped {proc.name} ({text})",
+                    "capsule": proc.name,
+                    "state": str(proc.state),
+                    "last_exit": text,
+                }
+            )
+        if proc.pid is not None and proc.state == ProcState.STARTING:
+            return  # started again: the READY waiters wait for the new generation
+        ready_waiters, proc.ready_waiters = proc.ready_waiters, []
+        for waiter in ready_waiters:
+            waiter.reply(
+                {
+                    "ok": False,
+                    "error": (
+                        f"{proc.name} exited before it was READY ({text}); it is {proc.state} now"
+                    ),
+                    "capsule": proc.name,
+                    "state": str(proc.state),
+                    "last_exit": text,
+                }
+            )
 
     def _restart(self, proc: _Proc) -> None:
         if isinstance(proc, _Worker):
@@ -935,7 +1254,11 @@ class Supervisor:
         if self._phase in (_Phase.STOPPING, _Phase.DONE):
             return
         self._phase = _Phase.STOPPING
+        if self._memory_timer is not None:
+            self._memory_timer.cancel()
+            self._memory_timer = None
         for proc in self._all_procs():
+            self._refuse_waiters(proc, "the supervisor is shutting down")
             if proc.restart_timer is not None:
                 proc.restart_timer.cancel()
                 proc.restart_timer = None
@@ -1002,6 +1325,16 @@ class Supervisor:
                 kill_group(proc.pid, signal.SIGKILL)
                 self._expect_death(proc)
 
+    @staticmethod
+    def _refuse_waiters(proc: _Proc, error: str, *, exits_too: bool = False) -> None:
+        waiters, proc.ready_waiters = proc.ready_waiters, []
+        for waiter in waiters:
+            waiter.reply({"ok": False, "error": error, "capsule": proc.name})
+        if exits_too:
+            replies, proc.exit_waiters = proc.exit_waiters, []
+            for reply in replies:
+                reply({"ok": False, "error": error, "capsule": proc.name})
+
     def _all_procs(self) -> list[_Proc]:
         procs: list[_Proc] = list(self._workers)
         if self._broker is not None:
@@ -1026,6 +1359,11 @@ class Supervisor:
             exited = self._by_pid.pop(pid, None)
             if exited is not None:
                 self._on_exit(exited, status)
+        for proc in self._all_procs():
+            self._refuse_waiters(proc, "the supervisor stopped", exits_too=True)
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         for proc in self._all_procs():
             self._close_status(proc)
             for pipe in (proc.stdout, proc.stderr):
@@ -1170,9 +1508,18 @@ def kill_host_process_groups(state_dir: Path) -> list[int]:
     return killed
 
 
-def _create_time(pid: int) -> float | None:
+def _ps_process(pid: int) -> psutil.Process | None:
     try:
-        return psutil.Process(pid).create_time()
+        return psutil.Process(pid)
+    except (psutil.Error, OSError):
+        return None
+
+
+def _create_time(process: psutil.Process | None) -> float | None:
+    if process is None:
+        return None
+    try:
+        return process.create_time()
     except (psutil.Error, OSError):
         return None
 

@@ -34,18 +34,23 @@ RUNNER = """
 import json, sys
 from pathlib import Path
 from astrid_core.dirs import AstridHome
+from supervisor.config import default_config_path, load_config
 from supervisor.policy import RestartPolicy
 from supervisor.tree import Supervisor, SupervisorError
 
 home, workspace, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-policy = RestartPolicy(**options.pop("policy"))
+policy = options.pop("policy", None)
+# Like `astrid-supervisor up`: <home>/supervisor.toml when it exists, else the defaults; explicit
+# options (policy, grace, ready_timeout) override it.
+config = load_config(default_config_path(AstridHome.from_path(home)), required=False)
+options.setdefault("worker_entry", "tests.fake_children:worker")
+options.setdefault("preload", ["tests.fake_children"])
 supervisor = Supervisor(
     AstridHome.from_path(home),
     Path(workspace),
-    policy=policy,
+    config=config,
+    policy=RestartPolicy(**policy) if policy is not None else None,
     broker_entry="tests.fake_children:broker",
-    worker_entry="tests.fake_children:worker",
-    preload=("tests.fake_children",),
     cache_dir=Path(options.pop("cache_dir")),
     **options,
 )
@@ -107,10 +112,15 @@ class Tree:
     def status_file(self) -> Path:
         return self.home / "state" / "supervisor.json"
 
-    def start(self, env: dict[str, str] | None = None, **options: Any) -> None:
-        options.setdefault("policy", FAST_POLICY)
-        options.setdefault("grace", 2.0)
-        options.setdefault("ready_timeout", 5.0)
+    def start(
+        self, env: dict[str, str] | None = None, *, configured: bool = False, **options: Any
+    ) -> None:
+        """Run the supervisor; ``configured``: from ``<home>/supervisor.toml`` alone (no test
+        defaults for policy, grace and readiness timeout)."""
+        if not configured:
+            options.setdefault("policy", FAST_POLICY)
+            options.setdefault("grace", 2.0)
+            options.setdefault("ready_timeout", 5.0)
         options["cache_dir"] = str(self.tmp / "cache")
         self.stderr_path = self.tmp / "supervisor.stderr"
         self.process = subprocess.Popen(
@@ -217,11 +227,31 @@ def all_in(status: StatusFile, expected: dict[str, str]) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+CONFIG = """
+[supervisor]
+grace = 2
+ready_timeout = 5
+
+[restart]
+base_delay = 0.02
+max_delay = 0.1
+jitter = 0.1
+max_restarts = 8
+window = 30
+stable_after = 5
+
+[capsules.crash-a]
+max_restarts = 3
+"""
+
+
 def test_supervision_kill_restart_and_shutdown(tree: Tree) -> None:
     capsules = tree.home / "capsules"
     for name in ("good-a", "good-b", "crash-a", "fatal-a"):
         write_capsule(capsules, name)
-    tree.start()
+    # The configuration file in the home: [restart] for all, and crash-a's own limit.
+    (tree.home / "supervisor.toml").write_text(CONFIG)
+    tree.start(configured=True)
 
     status = tree.wait_for(
         lambda s: (
@@ -238,7 +268,9 @@ def test_supervision_kill_restart_and_shutdown(tree: Tree) -> None:
     assert good_a.generation == 1 and good_a.restarts == 0
     assert live_process(good_a.pid, good_a.create_time) is not None
 
-    # The crash loop reaches FATAL after the configured number of restarts...
+    assert f"configuration: {tree.home / 'supervisor.toml'}" in tree.log("supervisor")
+
+    # The crash loop reaches FATAL after the number of restarts configured for it...
     status = tree.wait_for(lambda s: state_of(s, "crash-a") == "FATAL", timeout=10)
     crash = tree.capsule(status, "crash-a")
     assert crash.restarts == 3

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -429,6 +431,130 @@ def test_kill_without_supervisor(home: AstridHome, capsys: pytest.CaptureFixture
 
 
 # --------------------------------------------------------------------------------------------
+# ps --tree
+
+
+def _write_host_table(tree: Tree, entries: list[tuple[subprocess.Popen[bytes], str, str]]) -> None:
+    processes = [
+        {
+            "pid": process.pid,
+            "pgid": process.pid,
+            "capsule": capsule,
+            "command": command,
+            "started_at": time.time(),
+            "create_time": _ct(process),
+        }
+        for process, capsule, command in entries
+    ]
+    (tree.home.state_dir() / "processes.json").write_text(
+        json.dumps({"version": 1, "processes": processes})
+    )
+
+
+@pytest.fixture
+def hosts(tree: Tree) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    started = {"own": _sleep(), "orphan": _sleep()}
+    _write_host_table(
+        tree, [(started["own"], "good-a", "sleep 60"), (started["orphan"], "gone", "sleep 61")]
+    )
+    yield started
+    for process in started.values():
+        process.kill()
+        process.wait()
+
+
+def test_ps_tree_plain(
+    tree: Tree, hosts: dict[str, subprocess.Popen[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(tree.home, "ps", "--tree") == 0
+    lines = capsys.readouterr().out.splitlines()
+    structure = [((len(line) - len(line.lstrip(" "))) // 2, line.split()[0]) for line in lines]
+    assert structure == [
+        (0, "astrid-supervisor"),
+        (1, "broker"),
+        (2, "sleep"),  # a host process of a capsule the status file does not know
+        (1, "good-a"),
+        (2, "sleep"),
+        (1, "waiting"),
+    ]
+    supervisor, broker, orphan, good, own, waiting = (line.strip() for line in lines)
+    pids = {name: process.pid for name, process in tree.processes.items()}
+    assert supervisor.startswith(f"astrid-supervisor  RUNNING  pid {pids['supervisor']}  up ")
+    assert broker.startswith(f"broker  READY  pid {pids['broker']}  up ")
+    assert " MiB  cpu " in broker
+    assert good.startswith(f"good-a  READY  pid {pids['good-a']}  up ")
+    assert good.endswith("restarts 1  last exit: killed by SIGKILL")
+    assert own.startswith(f"sleep 60  RUNNING  pid {hosts['own'].pid}  up ")
+    assert orphan.startswith(f"sleep 61  RUNNING  pid {hosts['orphan'].pid}  up ")
+    assert waiting == "waiting  BACKOFF  restarts 3  last exit: exit code 1: trap: boom"
+
+
+def test_ps_tree_on_a_terminal_draws_with_rich(
+    tree: Tree,
+    hosts: dict[str, subprocess.Popen[bytes]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "200")
+    assert run_cli(tree.home, "ps", "--tree") == 0
+    out = capsys.readouterr().out
+    assert "\x1b[" in out  # styled
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", out).splitlines()
+    assert lines[0].startswith("astrid-supervisor  RUNNING")
+    assert any(line.startswith("├── broker  READY") for line in lines)
+    assert any(line.startswith("└── waiting  BACKOFF") for line in lines)
+    assert any("── sleep 60  RUNNING" in line and line.startswith("│") for line in lines)
+
+
+def test_ps_tree_and_json_exclude_each_other(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(tree.home, "ps", "--tree", "--json")
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_ps_tree_without_supervisor(home: AstridHome, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(home, "ps", "--tree") == 1
+    assert "astrid-supervisor is not running" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# restart, stop, start (the real thing: tests/integration/test_supervisor_control.py)
+
+
+@pytest.mark.parametrize("command", ["restart", "stop", "start"])
+def test_control_commands_without_supervisor(
+    home: AstridHome, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    assert run_cli(home, command, "good-a") == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"astrid: astrid-supervisor is not running (home: {home.root()})\n"
+
+
+def test_control_command_with_a_stale_socket(
+    home: AstridHome, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = home.run_dir()
+    run_dir.mkdir(mode=0o700)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(run_dir / "supervisor.sock"))
+    stale.close()  # the file stays, nobody listens: a supervisor killed with SIGKILL
+    assert run_cli(home, "restart", "good-a") == 1
+    assert "astrid-supervisor is not running" in capsys.readouterr().err
+
+
+def test_control_command_needs_a_capsule(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        astrid_cli.main(["restart"])
+    assert exit_info.value.code == 2
+    assert "CAPSULE" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
 # call
 
 
@@ -600,7 +726,15 @@ def test_call_without_token(home: AstridHome, capsys: pytest.CaptureFixture[str]
 
 
 def test_help_texts_have_examples(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--help"], ["ps", "--help"], ["kill", "--help"], ["call", "--help"]):
+    for argv in (
+        ["--help"],
+        ["ps", "--help"],
+        ["kill", "--help"],
+        ["call", "--help"],
+        ["restart", "--help"],
+        ["stop", "--help"],
+        ["start", "--help"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             astrid_cli.main(argv)
         assert exit_info.value.code == 0
@@ -654,3 +788,121 @@ def test_supervisor_help(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "--grace SECONDS" in out
     assert "examples:" in out
+
+
+def test_supervisor_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["down", "--help"], ["status", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            supervisor_cli.main(argv)
+        assert exit_info.value.code == 0
+        assert "examples:" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        supervisor_cli.main(["up", "--help"])
+    out = capsys.readouterr().out
+    assert "--config PATH" in out
+    assert "--detach" in out
+
+
+def test_supervisor_status_not_running(
+    home: AstridHome, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert supervisor_cli.main(["status", "--home", str(home.root())]) == 3
+    assert capsys.readouterr().out == f"astrid-supervisor is not running (home: {home.root()})\n"
+    assert supervisor_cli.main(["status", "--home", str(home.root()), "--json"]) == 3
+    assert json.loads(capsys.readouterr().out) == {"running": False, "home": str(home.root())}
+
+
+def test_supervisor_status_with_a_dead_supervisor(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree.processes["supervisor"].kill()
+    tree.processes["supervisor"].wait()
+    assert supervisor_cli.main(["status", "--home", str(tree.home.root())]) == 3
+    assert "is not running" in capsys.readouterr().out
+
+
+def test_supervisor_status_running(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
+    root = str(tree.home.root())
+    supervisor_pid = tree.processes["supervisor"].pid
+    broker_pid = tree.processes["broker"].pid
+    assert supervisor_cli.main(["status", "--home", root]) == 0
+    first, *rest = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(rf"astrid-supervisor is running \(pid {supervisor_pid}, up [345]s\)", first)
+    assert rest == [
+        f"  home:      {root}",
+        "  workspace: /srv/ws",
+        f"  broker:    READY, pid {broker_pid}, restarts 0",
+        "  capsules:  2 (1 READY, 1 BACKOFF)",
+    ]
+    assert supervisor_cli.main(["status", "--home", root, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["uptime_s"] == pytest.approx(3, abs=1)
+    assert document | {"uptime_s": 0, "started_at": 0} == {
+        "running": True,
+        "pid": supervisor_pid,
+        "uptime_s": 0,
+        "started_at": 0,
+        "home": root,
+        "workspace": "/srv/ws",
+        "broker": {"state": "READY", "pid": broker_pid, "restarts": 0},
+        "capsules": {"STARTING": 0, "READY": 1, "BACKOFF": 1, "FATAL": 0, "STOPPED": 0},
+    }
+
+
+def test_supervisor_status_bad_home(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASTRID_HOME", "relative")
+    assert supervisor_cli.main(["status"]) == 4
+    assert "cannot find the astrid home" in capsys.readouterr().err
+
+
+def test_supervisor_down_when_not_running(
+    home: AstridHome, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert supervisor_cli.main(["down", "--home", str(home.root())]) == 0
+    assert capsys.readouterr().out == f"astrid-supervisor is not running (home: {home.root()})\n"
+
+
+def test_supervisor_down_falls_back_to_sigterm(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No control socket (a wedged or foreign supervisor): SIGTERM to the verified pid."""
+    supervisor = tree.processes["supervisor"]
+    assert supervisor_cli.main(["down", "--home", str(tree.home.root()), "--timeout", "5"]) == 0
+    assert capsys.readouterr().out == f"astrid-supervisor stopped (pid {supervisor.pid})\n"
+    assert supervisor.wait(timeout=5) == -signal.SIGTERM
+    assert tree.processes["broker"].poll() is None  # only the supervisor was signalled
+
+
+def test_supervisor_down_times_out(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
+    stubborn = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert stubborn.stdout is not None
+        assert stubborn.stdout.readline() == b"ready\n"
+        sup = tree.status.supervisor
+        tree.status = replace(
+            tree.status, supervisor=replace(sup, pid=stubborn.pid, create_time=_ct(stubborn))
+        )
+        tree.write()
+        started = time.monotonic()
+        code = supervisor_cli.main(["down", "--home", str(tree.home.root()), "--timeout", "0.5"])
+        assert code == 1
+        assert 0.4 < time.monotonic() - started < 3
+        assert capsys.readouterr().err == (
+            f"astrid-supervisor: astrid-supervisor (pid {stubborn.pid}) did not stop within 0.5 s\n"
+        )
+        assert stubborn.poll() is None
+    finally:
+        stubborn.kill()
+        stubborn.wait()

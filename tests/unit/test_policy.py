@@ -175,3 +175,19 @@ def test_defaults_match_the_design() -> None:
         0.2,
     )
     assert (policy.max_restarts, policy.window, policy.stable_after) == (10, 60.0, 10.0)
+
+
+def test_reset_forgets_the_window_and_the_backoff() -> None:
+    """An operator's start/restart of a FATAL process gives it a fresh window."""
+    policy = RestartPolicy(base_delay=1.0, jitter=0.0, max_restarts=2, window=60.0)
+    tracker = RestartTracker(policy)
+    clock = Clock()
+    assert crash_after(tracker, clock, uptime=0.1).restart
+    assert crash_after(tracker, clock, uptime=0.1) == Decision(restart=True, delay=1.0)
+    assert not crash_after(tracker, clock, uptime=0.1).restart  # FATAL
+    tracker.reset()
+    assert tracker.consecutive_failures == 0
+    # Immediate again, and the full count of restarts is available in the same window.
+    assert crash_after(tracker, clock, uptime=0.1) == Decision(restart=True, delay=0.0)
+    assert crash_after(tracker, clock, uptime=0.1) == Decision(restart=True, delay=1.0)
+    assert crash_after(tracker, clock, uptime=0.1).fatal_reason == "restarted 2 times within 60 s"
