@@ -67,6 +67,9 @@ class BrokerLaunch:
 
 
 class Event(enum.StrEnum):
+    #: Worker: about to run a lifecycle hook (``reason`` names it), which may wait for an
+    #: operator's answer: the supervisor pauses the readiness timeout until ``LOADED``.
+    HOOK = "hook"
     #: Worker: plugin instantiated (``has_run`` says whether it exports ``run``).
     LOADED = "loaded"
     #: Worker: ready to serve (tool capsules after loading, run loops after signal_ready).

@@ -728,9 +728,12 @@ class Supervisor:
             clear=self._master_key,
         )
         if worker.pid is not None:
-            worker.ready_timer = self._timers.call_later(
-                self.ready_timeout, lambda: self._on_ready_timeout(worker)
-            )
+            self._arm_ready_timer(worker)
+
+    def _arm_ready_timer(self, worker: _Worker) -> None:
+        worker.ready_timer = self._timers.call_later(
+            self.ready_timeout, lambda: self._on_ready_timeout(worker)
+        )
 
     @staticmethod
     def _next_generation(proc: _Proc) -> int:
@@ -858,10 +861,24 @@ class Supervisor:
         except (ValueError, KeyError) as exc:
             log.warning("%s sent a malformed status line (%s): %r", proc.tag, exc, line[:200])
             return
-        if event.event == Event.LOADED:
+        if event.event == Event.HOOK:
+            # A hook may wait for the operator (elicitations, approvals): no readiness limit
+            # while it runs; LOADED re-arms it.
+            if proc.ready_timer is not None:
+                proc.ready_timer.cancel()
+                proc.ready_timer = None
+            log.info("%s is running its %s hook: readiness timeout paused", proc.tag, event.reason)
+        elif event.event == Event.LOADED:
             if isinstance(proc, _Worker):
                 proc.has_run = event.has_run
                 self._status_dirty = True
+                if (
+                    proc.ready_timer is None
+                    and proc.state == ProcState.STARTING
+                    and proc.pid is not None
+                    and not proc.stopping
+                ):
+                    self._arm_ready_timer(proc)
         elif event.event == Event.READY:
             self._on_ready(proc)
         elif event.event == Event.FAILED:

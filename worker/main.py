@@ -138,6 +138,7 @@ def run(launch: WorkerLaunch) -> NoReturn:
     bridge = HostBridge(channel, on_ready=lambda: status.send(StatusEvent(Event.READY)))
     lifecycle = channel.welcome.get("lifecycle")
     if isinstance(lifecycle, dict):
+        status.send(StatusEvent(Event.HOOK, str(lifecycle.get("export", ""))))
         try:
             outcome = _run_lifecycle(wasm, bridge, lifecycle)
         except extism.Error as exc:

@@ -998,11 +998,6 @@ def test_astrid_elicit_answers_a_supervised_install(
     assert json.loads(result.stdout) == {"exists": True}
 
 
-@pytest.mark.xfail(
-    reason="the supervisor's ready_timeout kills a worker whose install hook waits for the "
-    "operator (it restarts and asks again); the worker has no status event that pauses it",
-    strict=False,
-)
 def test_a_supervised_install_may_wait_longer_than_the_ready_timeout(
     supervised: Callable[..., Supervised],
 ) -> None:
