@@ -150,10 +150,12 @@ class ClientServer:
     async def start(self) -> None:
         home = self.kernel.home
         path = prepare_socket_path(home)
+        # The token first: a client that finds the socket listening must find this broker's
+        # token, not the one a killed broker left behind.
+        self.token.write_to_file(home.token_path())
         self._server = await asyncio.start_unix_server(self._serve, path=str(path))
         os.chmod(path, 0o600)
         self._path = path
-        self.token.write_to_file(home.token_path())
         ready = home.ready_path()
         fd = os.open(ready, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.close(fd)
@@ -211,7 +213,9 @@ class ClientServer:
             request_id = request.id
             result = await self._dispatch(request, connection)
         except RpcError as exc:
-            return rpc.encode_error(request_id or exc.request_id, exc.code, exc.message)
+            return rpc.encode_error(
+                exc.request_id if request_id is None else request_id, exc.code, exc.message
+            )
         except Exception as exc:
             log.exception("client request failed")
             return rpc.encode_error(request_id, ErrorCode.INTERNAL_ERROR, f"internal error: {exc}")

@@ -61,38 +61,19 @@ class SystemClient:
         """
         deadline = time.monotonic() + timeout
         path = home.socket_path()
-        not_running = "the astrid broker is not running"
         if not path.exists():
-            raise ClientError(f"{not_running}: no socket at {path}")
-        token_path = home.token_path()
-        try:
-            _check_private(token_path)
-            token = SessionToken.read_from_file(token_path)
-        except FileNotFoundError:
-            raise ClientError(f"{not_running}: no session token at {token_path}") from None
-        except OSError as exc:
-            raise ClientError(f"cannot read the session token {token_path}: {exc}") from None
-        except ValueError as exc:
-            raise ClientError(f"invalid session token in {token_path}: {exc}") from None
-
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(_remaining(deadline))
-            sock.connect(str(path))
-            client_handshake(sock, token, client_version)
-        except FileNotFoundError:
-            sock.close()
-            raise ClientError(f"{not_running}: no socket at {path}") from None
-        except ConnectionRefusedError:
-            sock.close()
-            raise ClientError(f"{not_running}: nothing listens on {path}") from None
-        except HandshakeRejected as exc:
-            sock.close()
-            raise ClientError(f"the broker refused the connection: {exc.reason}") from None
-        except (OSError, ValueError) as exc:  # TimeoutError, ConnectionError, FrameError...
-            sock.close()
-            raise ClientError(f"cannot connect to the broker at {path}: {_describe(exc)}") from None
-        return cls(sock)
+            raise ClientError(f"{_NOT_RUNNING}: no socket at {path}")
+        token = _read_token(home.token_path())
+        while True:
+            try:
+                return cls(_handshake(path, token, client_version, deadline))
+            except HandshakeRejected as exc:
+                # A broker that was just restarted may have replaced the token after we read
+                # it: retry once with the new one.
+                fresh = _read_token(home.token_path())
+                if fresh.to_hex() == token.to_hex():
+                    raise ClientError(f"the broker refused the connection: {exc.reason}") from None
+                token = fresh
 
     def request(self, method: str, params: dict[str, Any], *, timeout: float) -> Any:
         """Send one request and return its result; raises RpcError or ClientError."""
@@ -164,6 +145,46 @@ def call_tool(home: AstridHome, capsule: str, tool: str, arguments: Any, *, time
     if isinstance(result, dict) and isinstance(result.get("output"), str):
         return str(result["output"])
     return json.dumps(result)
+
+
+_NOT_RUNNING = "the astrid broker is not running"
+
+
+def _read_token(token_path: Path) -> SessionToken:
+    try:
+        _check_private(token_path)
+        return SessionToken.read_from_file(token_path)
+    except FileNotFoundError:
+        raise ClientError(f"{_NOT_RUNNING}: no session token at {token_path}") from None
+    except OSError as exc:
+        raise ClientError(f"cannot read the session token {token_path}: {exc}") from None
+    except ValueError as exc:
+        raise ClientError(f"invalid session token in {token_path}: {exc}") from None
+
+
+def _handshake(
+    path: Path, token: SessionToken, client_version: str, deadline: float
+) -> socket.socket:
+    """Connect to ``path`` and authenticate; the socket on success. Raises ClientError, or
+    HandshakeRejected when the broker refused the token or the version."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(_remaining(deadline))
+        sock.connect(str(path))
+        client_handshake(sock, token, client_version)
+    except FileNotFoundError:
+        sock.close()
+        raise ClientError(f"{_NOT_RUNNING}: no socket at {path}") from None
+    except ConnectionRefusedError:
+        sock.close()
+        raise ClientError(f"{_NOT_RUNNING}: nothing listens on {path}") from None
+    except HandshakeRejected:
+        sock.close()
+        raise
+    except (OSError, ValueError) as exc:  # TimeoutError, ConnectionError, FrameError...
+        sock.close()
+        raise ClientError(f"cannot connect to the broker at {path}: {_describe(exc)}") from None
+    return sock
 
 
 def _check_private(token_path: Path) -> None:

@@ -235,6 +235,12 @@ class BrokerChannel:
             if isinstance(frame, Reply) and frame.seq == seq:
                 if frame.status == Status.OK:
                     return True, frame.payload
+                if frame.status == Status.REAUTH and self.info.has_run:
+                    # A run loop cannot resume on a new broker: its host processes,
+                    # subscriptions and handles died with the old one. A new worker starts
+                    # the run again.
+                    self._lost = True
+                    raise BrokerLost(f"{LOST_TEXT}: the broker restarted during the run")
                 if frame.status == Status.REAUTH and not reauthenticated:
                     # The broker restarted and does not know this connection: authenticate
                     # again and resend (the call was not executed). The invocation in progress

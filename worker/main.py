@@ -49,10 +49,13 @@ def _exit(status: _Status, code: ExitCode, event: StatusEvent | None = None) -> 
     os._exit(int(code))
 
 
-def _run_lifecycle(wasm: bytes, bridge: HostBridge, lifecycle: dict[str, Any]) -> Outcome:
+def _run_lifecycle(
+    wasm: bytes, bridge: HostBridge, lifecycle: dict[str, Any], status: _Status
+) -> Outcome:
     """Run the install/upgrade hook the broker announced, on a plugin without a call timeout
-    (a hook may wait for an operator to answer an elicitation). A capsule that does not export
-    the hook has nothing to do."""
+    (a hook may wait for an operator to answer an elicitation; the ``hook`` status event tells
+    the supervisor to pause its readiness timeout). A capsule that does not export the hook
+    has nothing to do."""
     export, data = lifecycle.get("export"), lifecycle.get("input", b"")
     if not isinstance(export, str) or not isinstance(data, bytes):
         return Outcome(False, "malformed lifecycle request from the broker")
@@ -60,6 +63,7 @@ def _run_lifecycle(wasm: bytes, bridge: HostBridge, lifecycle: dict[str, Any]) -
     if not runtime.exports(export):
         return Outcome(True, b"")
     log.info("running %s", export)
+    status.send(StatusEvent(Event.HOOK, export))
     return runtime.invoke(export, data)
 
 
@@ -138,9 +142,8 @@ def run(launch: WorkerLaunch) -> NoReturn:
     bridge = HostBridge(channel, on_ready=lambda: status.send(StatusEvent(Event.READY)))
     lifecycle = channel.welcome.get("lifecycle")
     if isinstance(lifecycle, dict):
-        status.send(StatusEvent(Event.HOOK, str(lifecycle.get("export", ""))))
         try:
-            outcome = _run_lifecycle(wasm, bridge, lifecycle)
+            outcome = _run_lifecycle(wasm, bridge, lifecycle, status)
         except extism.Error as exc:
             fatal(f"cannot load the capsule's wasm: {exc}")
         except BrokerLost as exc:

@@ -39,10 +39,12 @@ import zmq
 from astrid_core import wire
 from astrid_core.launch import Event
 from astrid_core.rpc import RpcError
+from astrid_core.syscalls import BY_NAME
 from astrid_core.wire import HelloInfo, Status, derive_worker_secret
 from tests.conftest import copy_capsule
 from tests.harness import Client, Runtime
 from tests.syscaller import Fill, decode_hex_output, encode_script, script_tool_args
+from worker.channel import BrokerChannel, BrokerLost
 
 pytestmark = pytest.mark.integration
 
@@ -499,3 +501,67 @@ def test_a_running_worker_that_says_hello_again_keeps_its_session(
             context.term()
     finally:
         client.close()
+
+
+# --------------------------------------------------------------------------------------------
+# A broker that restarted between two calls answers REAUTH (a scripted ROUTER plays it)
+
+
+def _scripted_broker(
+    endpoint: str, replies: list[wire.Status], stop: threading.Event
+) -> tuple[threading.Thread, list[Any]]:
+    """Welcome every hello and answer each call with the next status of ``replies``, until
+    ``stop``; returns the thread and the list of frames it received."""
+    router: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+    received: list[Any] = []
+
+    def serve() -> None:
+        pending = list(replies)
+        try:
+            while not stop.is_set():
+                if not router.poll(50):
+                    continue
+                identity, raw = router.recv_multipart()
+                frame = wire.decode_worker_frame(raw)
+                received.append(frame)
+                if isinstance(frame, wire.Hello):
+                    answer = wire.encode_reply(frame.seq, wire.Status.OK, wire.encode_welcome({}))
+                else:
+                    status = pending.pop(0)
+                    payload = b"42" if status == wire.Status.OK else ""
+                    answer = wire.encode_reply(frame.seq, status, payload)
+                router.send_multipart([identity, answer])
+        finally:
+            router.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread, received
+
+
+@pytest.mark.parametrize("has_run", [True, False], ids=["run-loop", "tool"])
+def test_a_reauth_ends_a_run_loop_but_a_tool_capsule_authenticates_again(
+    tmp_path: Path, has_run: bool
+) -> None:
+    endpoint = f"ipc://{tmp_path}/broker.ipc"
+    stop = threading.Event()
+    thread, received = _scripted_broker(endpoint, [wire.Status.REAUTH, wire.Status.OK], stop)
+    info = wire.HelloInfo("loop", str(tmp_path), 1, os.getpid(), has_run)
+    channel = BrokerChannel(endpoint, info, b"s" * 32)
+    try:
+        channel.hello()
+        if has_run:
+            # Its host processes and handles died with the old broker: no resuming.
+            with pytest.raises(BrokerLost, match="the broker restarted during the run"):
+                channel.call(BY_NAME["astrid_clock_ms"].index, [])
+            assert channel.lost
+            assert sum(isinstance(frame, wire.Hello) for frame in received) == 1
+        else:
+            assert channel.call(BY_NAME["astrid_clock_ms"].index, []) == (True, b"42")
+            assert channel.epoch == 2
+    finally:
+        channel.close()
+        stop.set()
+        thread.join(10)

@@ -20,12 +20,15 @@ from pathlib import Path
 import pytest
 
 from astrid_core import rpc
+from astrid_core.dirs import AstridHome
 from astrid_core.session import (
     MAX_HANDSHAKE_SIZE,
     HandshakeResponse,
     HandshakeStatus,
     SessionToken,
 )
+from supervisor import client as client_module
+from supervisor.client import ClientError, SystemClient
 from tests.harness import Client
 from tests.security.support import (
     World,
@@ -296,3 +299,38 @@ def test_a_client_of_another_uid(world: World, operator: None) -> None:
         for path, mode in modes.items():
             path.chmod(mode)
         sock_path.chmod(sock_mode)
+
+
+# --------------------------------------------------------------------------------------------
+# The CLI's client and a token replaced by a restarted broker
+
+
+def _stale_then_real(stale_reads: int) -> Callable[[Path], SessionToken]:
+    """A token reader that returns a stale token ``stale_reads`` times (what a client read
+    just before a restarted broker replaced the file), then the file's token."""
+    reads = {"n": 0}
+
+    def read(path: Path) -> SessionToken:
+        reads["n"] += 1
+        if reads["n"] <= stale_reads:
+            return SessionToken.generate()
+        return SessionToken.read_from_file(path)
+
+    return read
+
+
+def test_the_cli_client_retries_once_when_the_token_was_replaced_meanwhile(
+    world: World, operator: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "_read_token", _stale_then_real(1))
+    with SystemClient.connect(AstridHome.from_path(world.home), timeout=5) as client:
+        assert client.request(rpc.Method.PING, {}, timeout=10)["pid"] > 0
+
+
+def test_the_cli_client_reports_a_token_the_broker_refuses(
+    world: World, operator: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stale = SessionToken.generate()
+    monkeypatch.setattr(client_module, "_read_token", lambda path: stale)
+    with pytest.raises(ClientError, match=f"the broker refused the connection: {AUTH_FAILED}"):
+        SystemClient.connect(AstridHome.from_path(world.home), timeout=5)
