@@ -11,11 +11,12 @@ WORKSPACE ?= $(ASTRID_HOME)/workspace
 CAPSULE_SOURCES := $(wildcard capsules/include/*.h capsules/examples/*/*.c capsules/examples/*/*.toml)
 TEST_CAPSULE_SOURCES := $(wildcard tests/capsules/*/*.c tests/capsules/*/*.wat tests/capsules/*/*.toml)
 
-.PHONY: up test lint typecheck unit capsules test-capsules install clean help
+.PHONY: up test chaos lint typecheck unit capsules test-capsules install clean help
 
 help:
 	@echo "make up     - install, build the example capsules, run the supervisor (ASTRID_HOME=$(ASTRID_HOME))"
 	@echo "make test   - install, build the test capsules, lint, type-check, run the whole suite"
+	@echo "make chaos  - the long chaos test: 12 capsules, 5 minutes of SIGKILLs (CHAOS_ARGS=...)"
 	@echo "make capsules / make test-capsules - rebuild capsules from source"
 	@echo "make clean  - remove the virtualenv, build outputs and the local ASTRID_HOME"
 
@@ -49,6 +50,18 @@ typecheck: $(STAMP)
 
 test: test-capsules lint typecheck
 	$(BIN)/pytest
+
+# The long load and chaos run (tests/chaos/chaos.py); `make test` runs a 20-second version.
+# Extra options through CHAOS_ARGS, e.g. CHAOS_ARGS="--seed 7 --duration 600 --keep".
+chaos: test-capsules
+	$(BIN)/python -m tests.chaos.chaos --capsules 12 --duration 300 $(CHAOS_ARGS)
+
+# `make bench`: every benchmark of bench/ (2-5 minutes here); tables on stdout, progress on
+# stderr, results in bench/results/latest.json. BENCH_ARGS=--quick for a smoke run.
+.PHONY: bench
+bench: capsules
+	$(BIN)/python capsules/build.py bench/capsules
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .astrid-home .pytest_cache .mypy_cache .ruff_cache

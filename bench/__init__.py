@@ -1,0 +1,1 @@
+"""The project's benchmark (`make bench`): see bench/README.md."""
