@@ -83,6 +83,7 @@ broker re-authenticates on ``REAUTH`` and goes on, see ``worker/channel.py``).
 
 from __future__ import annotations
 
+import abc
 import argparse
 import contextlib
 import importlib.util
@@ -412,7 +413,7 @@ def flood(home: AstridHome, count: int, rejected: Counter[str]) -> int:
     return sent
 
 
-class _Subscriber(threading.Thread):
+class _Subscriber(threading.Thread, abc.ABC):
     def __init__(self, checker: StreamChecker) -> None:
         super().__init__(name=f"chaos-{checker.name}", daemon=True)
         self.checker = checker
@@ -430,8 +431,9 @@ class _Subscriber(threading.Thread):
         finally:
             self.checker.finish()
 
+    @abc.abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """Receive until the stop event, feeding ``self.checker``."""
 
 
 class RpcSubscriber(_Subscriber):
