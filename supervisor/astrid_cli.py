@@ -68,10 +68,10 @@ def format_uptime(seconds: float | None) -> str:
 
 
 def format_rss(rss_bytes: int | None) -> str:
-    """Resident memory in MiB with one decimal (``-`` when unknown)."""
+    """Resident memory in MiB with one decimal and its unit (``-`` when unknown)."""
     if rss_bytes is None:
         return "-"
-    return f"{rss_bytes / (1024 * 1024):.1f}"
+    return f"{rss_bytes / (1024 * 1024):.1f}M"
 
 
 def format_cpu_time(seconds: float | None) -> str:

@@ -105,9 +105,9 @@ def test_format_uptime(seconds: float | None, expected: str) -> None:
 
 def test_format_rss() -> None:
     assert format_rss(None) == "-"
-    assert format_rss(0) == "0.0"
-    assert format_rss(1024 * 1024) == "1.0"
-    assert format_rss(int(12.34 * 1024 * 1024)) == "12.3"
+    assert format_rss(0) == "0.0M"
+    assert format_rss(1024 * 1024) == "1.0M"
+    assert format_rss(int(12.34 * 1024 * 1024)) == "12.3M"
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ def test_render_plain_aligns_columns() -> None:
         "NAME", "ROLE", "PID", "STATE", "RESTARTS", "UPTIME", "RSS", "CPU", "%CPU", "LAST", "EXIT"
     ]  # fmt: skip
     assert lines[1].split() == [
-        "astrid-supervisor", "supervisor", "1234", "RUNNING", "-", "1m05s", "10.0", "0:01.50", "2.0"
+        "astrid-supervisor", "supervisor", "1234", "RUNNING", "-", "1m05s", "10.0M", "0:01.50", "2.0"
     ]  # fmt: skip
     assert lines[2].endswith("exit code 1: restarted 10 times within 60 s")
     # Right-aligned numeric columns end at the same offset as their header.
