@@ -2,8 +2,8 @@
  * hooker — test capsule for interceptors of non-run-loop capsules and astrid_trigger_hook.
  *
  * Export `astrid_hook_trigger`, input {"name": "<action>", "arguments": [<bytes>]}:
- *   - increments KV "count:<action>" (ASCII decimal) and sets KV "args:<action>" to the argument
- *     bytes (the JSON text the kernel delivered);
+ *   - sets KV "args:<action>" to the argument bytes (the JSON text the kernel delivered), then
+ *     increments KV "count:<action>" (ASCII decimal);
  *   - waits config "delay_ms" milliseconds (a decimal string, default "0"), so that tests can
  *     tell completion order from registration order;
  *   - outputs {"capsule": <config "capsule_name">, "action": "<action>"}, except for the actions
@@ -160,11 +160,12 @@ __attribute__((export_name("astrid_hook_trigger"))) int32_t astrid_hook_trigger(
         }
     }
 
+    /* The arguments first: a test that sees the count go up finds them in place. */
     char key[ACTION_CAP + 16];
-    uint32_t klen = make_key(key, "count:", name_len);
-    kv_increment(key, klen);
-    klen = make_key(key, "args:", name_len);
+    uint32_t klen = make_key(key, "args:", name_len);
     astrid_kv_set(astrid_put(key, klen), astrid_put(args, nargs));
+    klen = make_key(key, "count:", name_len);
+    kv_increment(key, klen);
 
     uint64_t delay = config_u64("delay_ms");
     if (delay) astrid_sleep_ms(delay);
