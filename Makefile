@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ASTRID_HOME ?= $(CURDIR)/.astrid-home
 WORKSPACE ?= $(ASTRID_HOME)/workspace
 CAPSULE_SOURCES := $(wildcard capsules/include/*.h capsules/examples/*/*.c capsules/examples/*/*.toml)
-TEST_CAPSULE_SOURCES := $(wildcard tests/capsules/*/*.c tests/capsules/*/*.wat tests/capsules/*/*.toml)
+TEST_CAPSULE_SOURCES := $(wildcard capsules/include/*.h tests/capsules/*/*.c tests/capsules/*/*.wat tests/capsules/*/*.toml)
 
 .PHONY: up test chaos lint typecheck unit capsules test-capsules install clean help
 

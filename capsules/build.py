@@ -7,8 +7,9 @@ Usage::
 Each PATH is a capsule directory (it holds ``Capsule.toml``) or a directory whose immediate
 subdirectories are capsule directories. For each capsule, the ``file`` of its first
 ``[[component]]`` (e.g. ``counter.wasm``) is built from ``<stem>.c`` (with ``python -m ziglang cc``
-and ``capsules/include/astrid.h``) or ``<stem>.wat`` (with ``wasmtime.wat2wasm``) in the same
-directory, when it is missing or older than its source or the header, or with ``--force``.
+and the headers of ``capsules/include/``: ``astrid.h``, ``astrid_json.h``) or ``<stem>.wat``
+(with ``wasmtime.wat2wasm``) in the same directory, when it is missing or older than its source
+or a header, or with ``--force``.
 ``--install DIR`` copies ``Capsule.toml`` and the wasm of each capsule into
 ``DIR/<package.name>/``.
 """
@@ -27,7 +28,6 @@ from pathlib import Path
 
 #: Directory holding ``astrid.h``.
 INCLUDE_DIR = Path(__file__).resolve().parent / "include"
-HEADER = INCLUDE_DIR / "astrid.h"
 MANIFEST = "Capsule.toml"
 
 #: Compiler flags for C capsules (``spec/perf-baselines.md`` §6).
@@ -164,7 +164,7 @@ def _compile(source: Path, out: Path) -> None:
 def _build(capsule: Capsule, force: bool) -> bool:
     """Build ``capsule`` if needed; True if it was built."""
     source = find_source(capsule)
-    inputs = [source, HEADER] if source.suffix == ".c" else [source]
+    inputs = [source, *sorted(INCLUDE_DIR.glob("*.h"))] if source.suffix == ".c" else [source]
     if not force and not _needs_build(capsule.wasm, inputs):
         return False
     _compile(source, capsule.wasm)

@@ -1153,73 +1153,55 @@ def build_parser() -> argparse.ArgumentParser:
     control_timeout_help = (
         f"seconds to wait for the supervisor's answer (default: {DEFAULT_CONTROL_TIMEOUT:g})"
     )
-    restart = commands.add_parser(
-        "restart",
-        parents=[home_after],
-        help="restart a capsule's worker (also a FATAL one)",
-        formatter_class=_FORMATTER,
-        description=(
+    control_commands = (
+        (
+            "restart",
+            cmd_restart,
+            "restart a capsule's worker (also a FATAL one)",
             "Stop the worker of CAPSULE (SIGTERM to its process group, SIGKILL after the grace\n"
             "period) and start it again at once, whatever its state: a FATAL or STOPPED capsule\n"
             "starts too, and its restart history is forgotten. Waits until the new worker is\n"
-            "READY; exit status 1 if it fails first. Needs the running supervisor."
+            "READY; exit status 1 if it fails first. Needs the running supervisor.",
+            "examples:\n  astrid restart counter\n  astrid restart counter --timeout 120",
         ),
-        epilog="examples:\n  astrid restart counter\n  astrid restart counter --timeout 120",
-    )
-    restart.add_argument("capsule", metavar="CAPSULE", help="the capsule's name")
-    restart.add_argument(
-        "--timeout",
-        metavar="S",
-        type=_positive_float,
-        default=DEFAULT_CONTROL_TIMEOUT,
-        help=control_timeout_help,
-    )
-    restart.set_defaults(handler=cmd_restart)
-
-    stop = commands.add_parser(
-        "stop",
-        parents=[home_after],
-        help="stop a capsule's worker and keep it stopped",
-        formatter_class=_FORMATTER,
-        description=(
+        (
+            "stop",
+            cmd_stop,
+            "stop a capsule's worker and keep it stopped",
             "Stop the worker of CAPSULE (SIGTERM to its process group, SIGKILL after the grace\n"
             "period) and keep it STOPPED: it is not restarted until `astrid start` or\n"
             "`astrid restart`. Capsules that depend on it keep running. Waits until the worker\n"
-            "has exited."
+            "has exited.",
+            "examples:\n  astrid stop counter",
         ),
-        epilog="examples:\n  astrid stop counter",
-    )
-    stop.add_argument("capsule", metavar="CAPSULE", help="the capsule's name")
-    stop.add_argument(
-        "--timeout",
-        metavar="S",
-        type=_positive_float,
-        default=DEFAULT_CONTROL_TIMEOUT,
-        help=control_timeout_help,
-    )
-    stop.set_defaults(handler=cmd_stop)
-
-    start = commands.add_parser(
-        "start",
-        parents=[home_after],
-        help="start a STOPPED or FATAL capsule",
-        formatter_class=_FORMATTER,
-        description=(
+        (
+            "start",
+            cmd_start,
+            "start a STOPPED or FATAL capsule",
             "Start the worker of a STOPPED or FATAL capsule (or of one waiting in BACKOFF) now,\n"
             "with its restart history forgotten. Waits until it is READY; exit status 1 if it\n"
-            "fails first. A capsule that is already running is left alone (exit status 0)."
+            "fails first. A capsule that is already running is left alone (exit status 0).",
+            "examples:\n  astrid start counter",
         ),
-        epilog="examples:\n  astrid start counter",
     )
-    start.add_argument("capsule", metavar="CAPSULE", help="the capsule's name")
-    start.add_argument(
-        "--timeout",
-        metavar="S",
-        type=_positive_float,
-        default=DEFAULT_CONTROL_TIMEOUT,
-        help=control_timeout_help,
-    )
-    start.set_defaults(handler=cmd_start)
+    for name, handler, summary, description, epilog in control_commands:
+        command = commands.add_parser(
+            name,
+            parents=[home_after],
+            help=summary,
+            formatter_class=_FORMATTER,
+            description=description,
+            epilog=epilog,
+        )
+        command.add_argument("capsule", metavar="CAPSULE", help="the capsule's name")
+        command.add_argument(
+            "--timeout",
+            metavar="S",
+            type=_positive_float,
+            default=DEFAULT_CONTROL_TIMEOUT,
+            help=control_timeout_help,
+        )
+        command.set_defaults(handler=handler)
     return parser
 
 

@@ -13,6 +13,7 @@
  * copied into the output as is.
  */
 #include "astrid.h"
+#include "astrid_json.h"
 
 #define INPUT_CAP (6u * 1024u * 1024u)
 #define ARGS_CAP (1536u * 1024u)
@@ -24,67 +25,6 @@ static unsigned char args[ARGS_CAP];
 static char name[ACTION_CAP];
 static char out[OUT_CAP];
 static uint32_t out_len;
-
-/* ---- A tiny JSON scanner ------------------------------------------------------------------- */
-
-static uint32_t skip_ws(const unsigned char *p, uint32_t n, uint32_t i) {
-    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r')) i++;
-    return i;
-}
-
-static uint32_t skip_string(const unsigned char *p, uint32_t n, uint32_t i) {
-    for (i++; i < n; i++) {
-        if (p[i] == '\\') i++;
-        else if (p[i] == '"') return i + 1;
-    }
-    return 0;
-}
-
-static uint32_t skip_value(const unsigned char *p, uint32_t n, uint32_t i) {
-    if (i >= n) return 0;
-    if (p[i] == '"') return skip_string(p, n, i);
-    if (p[i] == '{' || p[i] == '[') {
-        uint32_t depth = 0;
-        while (i < n) {
-            unsigned char c = p[i];
-            if (c == '"') {
-                i = skip_string(p, n, i);
-                if (!i) return 0;
-                continue;
-            }
-            if (c == '{' || c == '[') depth++;
-            if (c == '}' || c == ']') {
-                if (--depth == 0) return i + 1;
-            }
-            i++;
-        }
-        return 0;
-    }
-    while (i < n && p[i] != ',' && p[i] != '}' && p[i] != ']' && p[i] != ' ' && p[i] != '\n' &&
-           p[i] != '\r' && p[i] != '\t')
-        i++;
-    return i;
-}
-
-static int32_t find_member(const unsigned char *p, uint32_t n, const char *key) {
-    uint32_t i = skip_ws(p, n, 0);
-    if (i >= n || p[i] != '{') return -1;
-    i = skip_ws(p, n, i + 1);
-    while (i < n && p[i] == '"') {
-        uint32_t kstart = i + 1;
-        uint32_t kend = skip_string(p, n, i);
-        if (!kend) return -1;
-        i = skip_ws(p, n, kend);
-        if (i >= n || p[i] != ':') return -1;
-        i = skip_ws(p, n, i + 1);
-        if (astrid_eq(p + kstart, kend - 1 - kstart, key)) return (int32_t)i;
-        i = skip_value(p, n, i);
-        if (!i) return -1;
-        i = skip_ws(p, n, i);
-        if (i < n && p[i] == ',') i = skip_ws(p, n, i + 1);
-    }
-    return -1;
-}
 
 /* ---- Output and KV ------------------------------------------------------------------------- */
 
@@ -131,9 +71,9 @@ __attribute__((export_name("astrid_hook_trigger"))) int32_t astrid_hook_trigger(
     if (len > INPUT_CAP) return fail("hooker: input too large");
     uint32_t n = (uint32_t)len;
 
-    int32_t v = find_member(input, n, "name");
+    int32_t v = json_find_member(input, n, "name");
     if (v < 0 || input[v] != '"') return fail("hooker: input has no name");
-    uint32_t vend = skip_string(input, n, (uint32_t)v);
+    uint32_t vend = json_skip_string(input, n, (uint32_t)v);
     if (!vend) return fail("hooker: bad name");
     uint32_t name_len = vend - (uint32_t)v - 2;
     if (name_len >= ACTION_CAP) return fail("hooker: name too long");
@@ -144,9 +84,9 @@ __attribute__((export_name("astrid_hook_trigger"))) int32_t astrid_hook_trigger(
 
     /* "arguments": [byte, byte, ...] -> the bytes the kernel delivered. */
     uint32_t nargs = 0;
-    int32_t a = find_member(input, n, "arguments");
+    int32_t a = json_find_member(input, n, "arguments");
     if (a >= 0 && input[a] == '[') {
-        uint32_t i = skip_ws(input, n, (uint32_t)a + 1);
+        uint32_t i = json_skip_ws(input, n, (uint32_t)a + 1);
         while (i < n && input[i] != ']') {
             uint32_t value = 0, digits = 0;
             while (i < n && input[i] >= '0' && input[i] <= '9') {
@@ -155,8 +95,8 @@ __attribute__((export_name("astrid_hook_trigger"))) int32_t astrid_hook_trigger(
             }
             if (!digits || value > 255 || nargs >= ARGS_CAP) return fail("hooker: bad arguments");
             args[nargs++] = (unsigned char)value;
-            i = skip_ws(input, n, i);
-            if (i < n && input[i] == ',') i = skip_ws(input, n, i + 1);
+            i = json_skip_ws(input, n, i);
+            if (i < n && input[i] == ',') i = json_skip_ws(input, n, i + 1);
         }
     }
 
