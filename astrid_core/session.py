@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import enum
+import errno
 import hmac
 import json
 import logging
@@ -613,12 +614,12 @@ def peer_uid(sock: _SupportsGetsockopt) -> int:
     """The effective UID of the process at the other end of a connected Unix socket.
 
     Uses ``SO_PEERCRED`` (Linux). ``sock`` may be a :class:`socket.socket` or the transport socket
-    of an asyncio stream (``writer.get_extra_info("socket")``). Raises :class:`NotImplementedError`
-    where ``SO_PEERCRED`` does not exist.
+    of an asyncio stream (``writer.get_extra_info("socket")``). Raises :class:`OSError` (as for
+    a failed ``getsockopt``; ``ENOPROTOOPT`` where ``SO_PEERCRED`` does not exist).
     """
     option = getattr(socket, "SO_PEERCRED", None)
     if option is None:
-        raise NotImplementedError("SO_PEERCRED is not available on this platform")
+        raise OSError(errno.ENOPROTOOPT, "SO_PEERCRED is not available on this platform")
     raw = sock.getsockopt(socket.SOL_SOCKET, option, _UCRED.size)
     _pid, uid, _gid = _UCRED.unpack(raw)
     return int(uid)

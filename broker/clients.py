@@ -178,7 +178,13 @@ class ClientServer:
             self._connections.add(task)
         try:
             sock = writer.get_extra_info("socket")
-            if sock is None or peer_uid(sock) != os.geteuid():
+            try:
+                uid = None if sock is None else peer_uid(sock)
+            except OSError as exc:
+                log.warning("refused a client connection whose user is unknown: %s", exc)
+                writer.close()
+                return
+            if uid != os.geteuid():
                 log.warning("refused a client connection from another user")
                 writer.close()
                 return

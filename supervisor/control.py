@@ -189,7 +189,7 @@ class ControlServer:
             sock.setblocking(False)
             try:
                 uid = peer_uid(sock)
-            except (OSError, NotImplementedError) as exc:
+            except OSError as exc:
                 log.warning("control socket: cannot identify a peer: %s", exc)
                 sock.close()
                 continue
